@@ -1,0 +1,163 @@
+"""Turnout's Triton Python-based backend: the one ``model.py`` every ``backend: "python_scoring"`` entry runs.
+
+Triton starts one stub process per model instance and imports this file there. ``initialize`` reads the
+entry's ``manifest.json`` (written by the packager) and loads the entry's scoring script through
+``turnout.scoring``; ``execute`` turns Triton tensors into scoring requests and back. Everything about
+scoring modes lives in ``turnout.scoring``: this file only speaks Triton.
+
+Tensors (max_batch_size > 0, so each carries a leading batch axis):
+  inputs   BODY  BYTES [1]            the request body
+           META  BYTES [1], optional  JSON {"method", "path", "query", "headers"} from the gateway
+  outputs  BODY  BYTES [1]            the response body
+           META  BYTES [1]            JSON {"status", "content_type", "headers"}
+A request that fails answers with a Triton error whose message carries the Turnout error (status, code,
+message) for the gateway, and whose Triton code gives direct Triton clients the nearest HTTP status.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from turnout.errors import TRITON_CODE_FOR_STATUS, BadInput, TurnoutError
+from turnout.manifest import Manifest
+from turnout.scoring import RequestMeta, Scorer, ScoringRequest, ScoringResult, load_scorer
+
+log = logging.getLogger("turnout.backend")
+
+
+class _Tee:
+    """Copies what the script prints into the entry's own log, keeping Triton's log complete too."""
+
+    def __init__(self, primary: Any, copy: Any) -> None:
+        self._primary, self._copy = primary, copy
+
+    def write(self, text: str) -> int:
+        self._copy.write(text)
+        self._copy.flush()
+        return int(self._primary.write(text))
+
+    def flush(self) -> None:
+        self._primary.flush()
+        self._copy.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._primary, name)
+
+
+def _configure_logging(entry: str) -> None:
+    formatter = logging.Formatter(f"%(asctime)s %(levelname)s [{entry}] %(name)s: %(message)s")
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    log_dir = os.environ.get("TURNOUT_LOG_DIR")
+    if log_dir:
+        log_file = open(Path(log_dir) / f"{entry}.log", "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+        handlers.append(logging.StreamHandler(log_file))
+        sys.stdout = _Tee(sys.stdout, log_file)
+        sys.stderr = _Tee(sys.stderr, log_file)
+        handlers[0] = logging.StreamHandler(sys.__stderr__)
+    root = logging.getLogger("turnout")
+    root.handlers.clear()
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    root.propagate = False
+
+
+def _triton_error(exc: TurnoutError) -> Any:
+    code_name = TRITON_CODE_FOR_STATUS.get(int(exc.status), "INTERNAL")
+    code = getattr(pb_utils.TritonError, code_name, None)
+    message = exc.to_wire()
+    return pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
+
+
+def _meta_from(raw: bytes | None) -> RequestMeta:
+    if not raw:
+        return RequestMeta()
+    try:
+        fields = json.loads(raw)
+        return RequestMeta(
+            method=str(fields.get("method", "POST")).upper(),
+            path=str(fields.get("path", "/score")),
+            query=str(fields.get("query", "")),
+            headers={str(k): str(v) for k, v in dict(fields.get("headers", {})).items()},
+        )
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise BadInput(f"the META input is not a JSON object of request facts: {exc}") from None
+
+
+def _as_bytes(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode("utf-8")
+
+
+class TritonPythonModel:
+    scorer: Scorer
+
+    def initialize(self, args: dict[str, str]) -> None:
+        self.entry = args["model_name"]
+        _configure_logging(self.entry)
+        version_dir = Path(args["model_repository"]) / args["model_version"]
+        manifest = Manifest.read(version_dir)
+        try:
+            self.scorer = load_scorer(manifest, version_dir, self.entry)
+        except TurnoutError as exc:
+            # Triton reports this message from the load API; the traceback is already in the log.
+            raise pb_utils.TritonModelException(exc.message) from None
+
+    def _decode(self, request: Any) -> list[ScoringRequest]:
+        bodies = pb_utils.get_input_tensor_by_name(request, "BODY")
+        if bodies is None:
+            raise BadInput("the request has no BODY input")
+        meta_tensor = pb_utils.get_input_tensor_by_name(request, "META")
+        metas = meta_tensor.as_numpy().reshape(-1) if meta_tensor is not None else None
+        decoded = []
+        for i, body in enumerate(bodies.as_numpy().reshape(-1)):
+            meta = _meta_from(metas[min(i, len(metas) - 1)] if metas is not None and len(metas) else None)
+            decoded.append(ScoringRequest(body=_as_bytes(body), meta=meta))
+        return decoded
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        # One Triton request may carry several bodies (a client-side batch); flatten them so the scorer
+        # sees every body of this dynamic batch at once, then regroup the answers per Triton request.
+        flat: list[ScoringRequest] = []
+        spans: list[tuple[int, int] | TurnoutError] = []
+        for request in requests:
+            try:
+                decoded = self._decode(request)
+                spans.append((len(flat), len(flat) + len(decoded)))
+                flat.extend(decoded)
+            except TurnoutError as exc:
+                spans.append(exc)
+        results = self.scorer.score(flat) if flat else []
+        return [self._respond(span, results) for span in spans]
+
+    def _respond(self, span: tuple[int, int] | TurnoutError, results: list[ScoringResult | TurnoutError]) -> Any:
+        if isinstance(span, TurnoutError):
+            return pb_utils.InferenceResponse(error=_triton_error(span))
+        mine = results[span[0]:span[1]]
+        for result in mine:
+            if isinstance(result, TurnoutError):
+                return pb_utils.InferenceResponse(error=_triton_error(result))
+        ok = [r for r in mine if isinstance(r, ScoringResult)]
+        bodies = np.array([[r.body] for r in ok], dtype=np.object_)
+        metas = np.array(
+            [[json.dumps({"status": r.status, "content_type": r.content_type, "headers": r.headers}).encode()]
+             for r in ok],
+            dtype=np.object_,
+        )
+        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("BODY", bodies), pb_utils.Tensor("META", metas)])
+
+    def finalize(self) -> None:
+        finalize = getattr(self.scorer.module, "shutdown", None) if hasattr(self, "scorer") else None
+        if callable(finalize):
+            try:
+                finalize()
+            except Exception:
+                log.exception("%s: shutdown() raised", self.entry)

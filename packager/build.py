@@ -1,0 +1,93 @@
+"""Build a staged package into a Triton model-repository entry:
+
+    <repository>/<entry>/config.pbtxt          backend "python_scoring", from Triton's protobuf types
+    <repository>/<entry>/1/manifest.json       what the backend needs to know
+    <repository>/<entry>/1/code/...            the code folder
+    <repository>/<entry>/1/azureml-models/...  AZUREML_MODEL_DIR
+
+The entry is staged next to the repository's entries (same filesystem) and renamed into place, so Triton
+or a watcher never sees a half-written entry.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from packager.sources import PACKAGE_FILE, StagedPackage
+from packager.spec import check_name
+from turnout.errors import PackageError
+from turnout.manifest import CODE_DIR, Manifest
+from turnout.triton.config import EntryConfig, build_model_config, render
+
+TRITON_VERSION = "1"  # each Turnout model version is its own entry; Triton's version folder is always 1
+STAGING_PREFIX = ".staging-"
+
+
+@dataclass(frozen=True)
+class BuiltEntry:
+    name: str
+    path: Path
+    manifest: Manifest
+    changed: bool  # False: an identical entry was already there
+
+
+def default_entry_name(name: str, version: int) -> str:
+    return f"{name}-v{version}"
+
+
+def entry_config(package: StagedPackage, entry: str) -> EntryConfig:
+    spec = package.spec
+    return EntryConfig(
+        name=entry,
+        instance_kind=spec.instance.kind,
+        instance_count=spec.instance.count,
+        max_batch_size=spec.batching.max_batch_size,
+        dynamic_batching=spec.batching.enabled,
+        max_queue_delay_microseconds=spec.batching.max_queue_delay_microseconds,
+    )
+
+
+def build_entry(
+    package: StagedPackage,
+    repository: Path,
+    *,
+    entry: str | None = None,
+    version: int | None = None,
+    content_hash: str | None = None,
+) -> BuiltEntry:
+    version = version or package.spec.version or 1
+    entry = check_name(entry or default_entry_name(package.name, version), "entry name")
+    manifest = package.manifest(version, content_hash)
+    final = repository / entry
+    if (final / TRITON_VERSION).is_dir():
+        try:
+            current = Manifest.read(final / TRITON_VERSION)
+            if current == manifest.model_copy(update={"source": current.source}):
+                return BuiltEntry(entry, final, current, changed=False)
+        except PackageError:
+            pass  # not ours or broken: replace it
+    repository.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=repository))
+    try:
+        staged = staging / entry
+        version_dir = staged / TRITON_VERSION
+        shutil.copytree(package.root, version_dir, ignore=shutil.ignore_patterns(PACKAGE_FILE))
+        if not (version_dir / CODE_DIR / manifest.scoring_script).is_file():
+            raise PackageError(f"{entry}: scoring script {manifest.scoring_script!r} missing from the package")
+        manifest.write(version_dir)
+        (staged / "config.pbtxt").write_text(render(build_model_config(entry_config(package, entry))))
+        _swap_into_place(staged, final, staging)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return BuiltEntry(entry, final, manifest, changed=True)
+
+
+def _swap_into_place(staged: Path, final: Path, staging: Path) -> None:
+    if final.exists():
+        # Two renames: the old entry leaves, the new one arrives; each is atomic.
+        os.rename(final, staging / "previous")
+    os.rename(staged, final)

@@ -1,0 +1,162 @@
+"""``packager``: turn a model + score.py into a registered version and a Triton repository entry."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+from packager.build import build_entry
+from packager.registry import Registry, default_registry_root
+from packager.scaffold import scaffold
+from packager.sources import StagedPackage, resolve_source
+from packager.testing import request_body_for, run_package_test
+from packager.validate import validate_package
+from turnout.errors import TurnoutError
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+RegistryOption = Annotated[
+    Path | None,
+    typer.Option("--registry", help="Registry folder [default: $TURNOUT_REGISTRY, else ~/.turnout/registry]."),
+]
+SourceArgument = Annotated[
+    str, typer.Argument(help="Package folder, .tar.gz/.zip, Azure deployment YAML, or registered name[:version].")
+]
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def _stage(source: str, registry: Path | None) -> StagedPackage:
+    package = resolve_source(source, Registry(default_registry_root(registry)))
+    for warning in package.warnings:
+        typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
+    return package
+
+
+@app.command()
+def init(
+    directory: Annotated[Path, typer.Argument(help="Folder to create the package in.")],
+    name: Annotated[str | None, typer.Option(help="Model name [default: the folder's name].")] = None,
+) -> None:
+    """Scaffold a package: score.py with hooks, a tiny model, model.yaml and sample-request.json."""
+    for path in scaffold(directory, name):
+        typer.echo(f"created {path}")
+    typer.echo(f"next: packager test {directory}")
+
+
+@app.command()
+def validate(source: SourceArgument, registry: RegistryOption = None) -> None:
+    """Load the scoring script with the backend's loader (in a subprocess) and report its mode."""
+    with _stage(source, registry) as package:
+        result = validate_package(package)
+    if result.log.strip():
+        typer.echo(result.log.rstrip(), err=True)
+    if not result.ok:
+        _fail(result.message)
+    typer.secho(f"ok: {package.name} {result.message}", fg=typer.colors.GREEN)
+
+
+@app.command()
+def register(
+    source: SourceArgument,
+    name: Annotated[str | None, typer.Option(help="Model name [default: from model.yaml or the folder].")] = None,
+    version: Annotated[int | None, typer.Option(help="Version to create [default: next].", min=1)] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="Tag as key=value; repeatable.")] = None,
+    description: Annotated[str | None, typer.Option(help="Description.")] = None,
+    skip_validation: Annotated[bool, typer.Option(help="Register without loading the script first.")] = False,
+    registry: RegistryOption = None,
+) -> None:
+    """Register an immutable name:version (the same content twice gives the same version)."""
+    tags = {}
+    for item in tag or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            _fail(f"--tag {item!r}: expected key=value")
+        tags[key] = value
+    reg = Registry(default_registry_root(registry))
+    with _stage(source, registry) as package:
+        if not skip_validation:
+            result = validate_package(package)
+            if not result.ok:
+                typer.echo(result.log.rstrip(), err=True)
+                _fail(f"not registered: {result.message}")
+        record, created = reg.register(package, name=name, version=version, tags=tags, description=description)
+    verb = "registered" if created else "already registered (same content)"
+    typer.echo(f"{verb} {record.ref} {record.content_hash}")
+
+
+@app.command("list")
+def list_(registry: RegistryOption = None) -> None:
+    """List registered model versions."""
+    records = Registry(default_registry_root(registry)).list()
+    if not records:
+        typer.echo("no registered models")
+        return
+    typer.echo(f"{'NAME':<28} {'VERSION':>7}  {'CREATED':<20} {'HASH':<19} TAGS")
+    for r in records:
+        tags = ",".join(f"{k}={v}" for k, v in r.tags.items())
+        typer.echo(f"{r.name:<28} {r.version:>7}  {r.created:%Y-%m-%d %H:%M:%S}  {r.content_hash[7:25]} {tags}")
+
+
+@app.command()
+def show(
+    reference: Annotated[str, typer.Argument(help="name or name:version")], registry: RegistryOption = None
+) -> None:
+    """Show one registered version as JSON."""
+    record = Registry(default_registry_root(registry)).resolve(reference)
+    typer.echo(json.dumps(record.model_dump(mode="json"), indent=2))
+
+
+@app.command()
+def build(
+    source: SourceArgument,
+    repository: Annotated[Path, typer.Option("--repository", "-r", help="Triton model repository.")] = Path(
+        "model_repository"
+    ),
+    name: Annotated[str | None, typer.Option("--name", help="Entry name [default: NAME-vVERSION].")] = None,
+    registry: RegistryOption = None,
+) -> None:
+    """Build SOURCE into a Triton model-repository entry (staged, then moved into place)."""
+    with _stage(source, registry) as package:
+        built = build_entry(package, repository, entry=name)
+    state = "built" if built.changed else "unchanged"
+    typer.echo(f"{state} {built.path} ({built.manifest.name}:{built.manifest.version})")
+
+
+@app.command("test")
+def test_(
+    source: SourceArgument,
+    request_file: Annotated[Path | None, typer.Option(help="Request body [default: sample-request.json].")] = None,
+    content_type: Annotated[str, typer.Option(help="Content-Type of the request.")] = "application/json",
+    registry: RegistryOption = None,
+) -> None:
+    """Serve SOURCE on a real embedded Triton, send one request, print the answer and the entry's log."""
+    with _stage(source, registry) as package:
+        body = request_body_for(package, request_file)
+        outcome = run_package_test(package, body, content_type)
+    if outcome.log_tail:
+        typer.echo("--- entry log (tail) ---", err=True)
+        typer.echo(outcome.log_tail, err=True)
+        typer.echo("---", err=True)
+    if outcome.stage == "load":
+        _fail(f"{package.name} failed to load: {outcome.body}", 1)
+    typer.echo(f"HTTP {outcome.status}")
+    typer.echo(outcome.body)
+    if not outcome.passed:
+        _fail(f"{package.name} answered {outcome.status}", 1)
+    typer.secho(f"passed: {package.name}", fg=typer.colors.GREEN, err=True)
+
+
+def main() -> None:
+    try:
+        app()
+    except TurnoutError as exc:
+        typer.secho(f"error: {exc.message}", fg=typer.colors.RED, err=True)
+        sys.exit(2)

@@ -1,0 +1,314 @@
+"""Turn whatever was handed over (a folder, an archive, an Azure deployment YAML, a registered
+``name:version``) into one normalised package layout, staged in a temporary folder:
+
+    code/                    the code folder, scoring script inside
+    azureml-models/<model>   the model folder or file, under its own name (AZUREML_MODEL_DIR's layout)
+    environment/             conda.yaml / requirements.txt, recorded for the record
+
+That layout is also a built entry's version folder, so every later step (hashing, registering, building,
+validating) works on one shape.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import orjson
+
+from turnout.errors import PackageError
+from turnout.manifest import CODE_DIR, MODELS_DIR, Manifest
+from packager.spec import (
+    AzureDeployment,
+    PackageSpec,
+    check_name,
+    kind_for_instance_type,
+    load_azure_deployment,
+    load_package_spec,
+    looks_like_azure_deployment,
+)
+
+if TYPE_CHECKING:
+    from packager.registry import Registry
+
+PACKAGE_FILE = "package.json"
+SPEC_FILE = "model.yaml"
+SAMPLE_REQUEST = "sample-request.json"
+ENVIRONMENT_DIR = "environment"
+_IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".git", ".ipynb_checkpoints", ".DS_Store", ".turnout-*")
+_REGISTERED = re.compile(r"^(?:azureml:)?(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*?)(?::(?P<version>\d+|latest)|@latest)?$")
+
+
+@dataclass
+class StagedPackage:
+    """A package in the normalised layout. ``root`` is temporary unless it is a registry folder."""
+
+    root: Path
+    name: str
+    spec: PackageSpec
+    model_name: str | None
+    source: str
+    warnings: list[str] = field(default_factory=list)
+    _tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    def cleanup(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> StagedPackage:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.cleanup()
+
+    def content_hash(self) -> str:
+        """sha256 over every file and the settings that change serving (not name, version, tags)."""
+        digest = hashlib.sha256()
+        serving = self.spec.model_dump(mode="json", exclude={"name", "version", "description", "tags"})
+        digest.update(orjson.dumps(serving, option=orjson.OPT_SORT_KEYS))
+        for path in sorted(p for p in self.root.rglob("*") if p.is_file() and p.name != PACKAGE_FILE):
+            digest.update(path.relative_to(self.root).as_posix().encode() + b"\0")
+            with open(path, "rb") as f:
+                digest.update(hashlib.file_digest(f, "sha256").digest())
+        return "sha256:" + digest.hexdigest()
+
+    def manifest(self, version: int, content_hash: str | None = None) -> Manifest:
+        sample = self.root / CODE_DIR / SAMPLE_REQUEST
+        return Manifest(
+            name=self.name,
+            version=version,
+            description=self.spec.description,
+            tags=self.spec.tags,
+            content_hash=content_hash or self.content_hash(),
+            scoring_script=self.spec.scoring_script,
+            model_name=self.model_name,
+            kind=self.spec.kind,
+            timeout_seconds=self.spec.timeout_seconds,
+            init_timeout_seconds=self.spec.init_timeout_seconds,
+            threads=self.spec.threads,
+            environment_variables=self.spec.environment_variables,
+            signature=self.spec.signature,
+            sample_request=SAMPLE_REQUEST if sample.is_file() else None,
+            source=self.source,
+        )
+
+
+def _new_stage() -> tuple[Path, tempfile.TemporaryDirectory[str]]:
+    tmp = tempfile.TemporaryDirectory(prefix="turnout-package-")
+    return Path(tmp.name), tmp
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path.resolve().is_relative_to(folder.resolve())
+
+
+def _copy_model(model: Path, stage: Path) -> str:
+    if not model.exists():
+        raise PackageError(f"model path {model} does not exist")
+    target = stage / MODELS_DIR / model.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if model.is_dir():
+        shutil.copytree(model, target, ignore=_IGNORED)
+    else:
+        shutil.copy2(model, target)
+    return model.name
+
+
+def _copy_code(code_dir: Path, stage: Path, skip: list[Path]) -> None:
+    if not code_dir.is_dir():
+        raise PackageError(f"code folder {code_dir} does not exist")
+    skipped = {p.resolve() for p in skip}
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        ignored = set(_IGNORED(folder, names))
+        return ignored | {n for n in names if (Path(folder) / n).resolve() in skipped}
+
+    shutil.copytree(code_dir, stage / CODE_DIR, ignore=ignore)
+
+
+def _check_script(stage: Path, spec: PackageSpec, code_dir: Path) -> None:
+    if not (stage / CODE_DIR / spec.scoring_script).is_file():
+        raise PackageError(f"scoring script {spec.scoring_script!r} not found in {code_dir}")
+
+
+def _record_environment(stage: Path, files: list[Path]) -> None:
+    for file in files:
+        if file.is_file():
+            (stage / ENVIRONMENT_DIR).mkdir(exist_ok=True)
+            shutil.copy2(file, stage / ENVIRONMENT_DIR / file.name)
+
+
+def from_folder(folder: Path, source: str | None = None) -> StagedPackage:
+    folder = folder.resolve()
+    spec_file = folder / SPEC_FILE
+    spec = load_package_spec(spec_file) if spec_file.is_file() else PackageSpec()
+    name = spec.name or check_name(re.sub(r"[^A-Za-z0-9_.-]", "-", folder.name).strip("-.") or "model")
+    code_dir = (folder / spec.code).resolve()
+    model_path = folder / spec.model_path if spec.model_path else folder / "model"
+    has_model = model_path.exists() or spec.model_path is not None
+    stage, tmp = _new_stage()
+    try:
+        _copy_code(code_dir, stage, skip=[model_path, spec_file])
+        _check_script(stage, spec, code_dir)
+        model_name = _copy_model(model_path, stage) if has_model else None
+        env_files = [folder / spec.environment] if spec.environment else [folder / "requirements.txt", folder / "conda.yaml"]
+        _record_environment(stage, env_files)
+    except BaseException:
+        tmp.cleanup()
+        raise
+    return StagedPackage(stage, name, spec, model_name, source or str(folder), _tmp=tmp)
+
+
+def _safe_extract(archive: Path, target: Path) -> None:
+    """Extract without letting a member escape ``target`` (absolute paths, '..', links outside)."""
+    try:
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as zf:
+                for member in zf.namelist():
+                    if not _inside(target / member, target):
+                        raise PackageError(f"{archive}: member {member!r} would be written outside the package")
+                zf.extractall(target)
+        elif tarfile.is_tarfile(archive):
+            with tarfile.open(archive) as tf:
+                tf.extractall(target, filter="data")
+        else:
+            raise PackageError(f"{archive}: not a .tar.gz, .tgz, .tar or .zip archive")
+    except (tarfile.TarError, zipfile.BadZipFile, OSError) as exc:
+        raise PackageError(f"{archive}: cannot be extracted: {exc}") from None
+
+
+def from_archive(archive: Path) -> StagedPackage:
+    with tempfile.TemporaryDirectory(prefix="turnout-archive-") as tmp:
+        target = Path(tmp)
+        _safe_extract(archive, target)
+        entries = [p for p in target.iterdir() if not p.name.startswith(".")]
+        root = entries[0] if len(entries) == 1 and entries[0].is_dir() else target
+        if root is target:
+            # Name the package after the archive, not the temporary folder.
+            named = target / re.sub(r"(\.tar\.gz|\.tgz|\.tar|\.zip)$", "", archive.name)
+            named.mkdir()
+            for entry in entries:
+                entry.rename(named / entry.name)
+            root = named
+        return from_folder(root, source=str(archive.resolve()))
+
+
+def from_azure_yaml(path: Path, registry: Registry | None = None) -> StagedPackage:
+    deployment, ignored = load_azure_deployment(path)
+    base = path.parent.resolve()
+    if deployment.code_configuration is None:
+        raise PackageError(
+            f"{path}: code_configuration (code + scoring_script) is required; Turnout serves scoring scripts"
+        )
+    code = deployment.code_configuration
+    spec = _spec_from_azure(deployment, code.scoring_script)
+    code_dir = (base / code.code).resolve()
+    stage, tmp = _new_stage()
+    try:
+        _copy_code(code_dir, stage, skip=[])
+        _check_script(stage, spec, code_dir)
+        model_name = _azure_model(deployment, base, stage, registry, path)
+        environment = deployment.environment
+        if not isinstance(environment, str) and environment is not None and environment.conda_file:
+            _record_environment(stage, [base / environment.conda_file])
+    except BaseException:
+        tmp.cleanup()
+        raise
+    name = _azure_package_name(deployment)
+    warnings = [f"ignored Azure keys (not used by Turnout): {', '.join(ignored)}"] if ignored else []
+    if isinstance(deployment.environment, str):
+        warnings.append(f"environment {deployment.environment!r} is a reference; the serving environment is used")
+    return StagedPackage(stage, name, spec, model_name, str(path.resolve()), warnings, _tmp=tmp)
+
+
+def _azure_package_name(deployment: AzureDeployment) -> str:
+    if not isinstance(deployment.model, str) and deployment.model is not None and deployment.model.name:
+        return check_name(deployment.model.name)
+    if deployment.endpoint_name:
+        return check_name(f"{deployment.endpoint_name}-{deployment.name}")
+    return check_name(deployment.name)
+
+
+def _spec_from_azure(deployment: AzureDeployment, scoring_script: str) -> PackageSpec:
+    spec = PackageSpec(
+        scoring_script=scoring_script,
+        description=deployment.description or "",
+        tags=deployment.tags,
+        kind="batch" if deployment.is_batch else "online",
+        environment_variables=deployment.environment_variables,
+        instance_type=deployment.instance_type,
+        batch_settings=deployment.settings or {},
+    )
+    spec.instance.count = deployment.instance_count
+    if deployment.instance_type:
+        spec.instance.kind = kind_for_instance_type(deployment.instance_type)
+    settings = deployment.request_settings
+    if settings and settings.request_timeout_ms:
+        spec.timeout_seconds = settings.request_timeout_ms / 1000
+    return spec
+
+
+def _azure_model(
+    deployment: AzureDeployment, base: Path, stage: Path, registry: Registry | None, path: Path
+) -> str | None:
+    model = deployment.model
+    if model is None:
+        return None
+    if isinstance(model, str):
+        if not model.startswith("azureml:") and (base / model).exists():
+            return _copy_model(base / model, stage)
+        return _copy_registered_model(model, stage, registry, path)
+    if model.path is None:
+        if model.name:
+            return _copy_registered_model(f"{model.name}:{model.version or 'latest'}", stage, registry, path)
+        raise PackageError(f"{path}: model needs a path, or a registered name")
+    return _copy_model((base / model.path).resolve(), stage)
+
+
+def _copy_registered_model(reference: str, stage: Path, registry: Registry | None, path: Path) -> str | None:
+    if registry is None:
+        raise PackageError(f"{path}: model {reference!r} refers to a registry, and no registry was given")
+    record = registry.resolve(reference)
+    models = registry.path_of(record) / MODELS_DIR
+    if not models.is_dir():
+        return None
+    shutil.copytree(models, stage / MODELS_DIR)
+    entries = list(models.iterdir())
+    return entries[0].name if len(entries) == 1 else None
+
+
+def parse_reference(text: str) -> tuple[str, int | None] | None:
+    """``name``, ``name:3``, ``name:latest``, ``azureml:name:3``, ``name@latest`` -> (name, version|None)."""
+    match = _REGISTERED.match(text)
+    if not match:
+        return None
+    version = match.group("version")
+    return match.group("name"), (int(version) if version and version != "latest" else None)
+
+
+def resolve_source(source: str, registry: Registry | None = None) -> StagedPackage:
+    """Stage SOURCE; the caller owns the result (use it as a context manager)."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return from_folder(path)
+    if path.is_file():
+        lower = path.name.lower()
+        if lower.endswith((".tar.gz", ".tgz", ".tar", ".zip")):
+            return from_archive(path)
+        if looks_like_azure_deployment(path):
+            return from_azure_yaml(path, registry)
+        if path.name == SPEC_FILE:
+            return from_folder(path.parent)
+        raise PackageError(f"{source}: not a package folder, archive or Azure deployment YAML")
+    if registry is not None and parse_reference(source) and os.sep not in source:
+        return registry.stage(source)
+    raise PackageError(f"{source}: no such file or folder, and not a registered model")

@@ -1,0 +1,215 @@
+"""The two files a data scientist may hand over with a model: our ``model.yaml`` and Azure ML CLI v2's
+deployment YAML. Both are parsed strictly: an unknown key is an error that names the key."""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from turnout.errors import PackageError
+from turnout.manifest import ScoringKind
+from turnout.triton.config import InstanceKind
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+def check_name(name: str, what: str = "name") -> str:
+    if not NAME_PATTERN.match(name):
+        raise PackageError(
+            f"invalid {what} {name!r}: use 1-63 letters, digits, '_', '.' or '-', starting with a letter or digit"
+        )
+    return name
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class InstanceSpec(Strict):
+    kind: InstanceKind = Field(default=InstanceKind.cpu, description="cpu or gpu (KIND_GPU instance group).")
+    count: int = Field(default=1, ge=1, le=64, description="Triton instances of this model per node.")
+
+
+class BatchingSpec(Strict):
+    enabled: bool = Field(default=True, description="Triton's dynamic batcher (hook scripts gain most).")
+    max_batch_size: int = Field(default=64, ge=1, le=4096, description="Most requests in one predict().")
+    max_queue_delay_microseconds: int = Field(
+        default=0, ge=0, description="How long a request may wait for others; 0 never delays a lone request."
+    )
+
+
+class PackageSpec(Strict):
+    """``model.yaml``: every field optional; the defaults fit a folder with score.py and model/."""
+
+    name: str | None = Field(default=None, description="Model name; defaults to the folder's name.")
+    version: int | None = Field(default=None, ge=1, description="Requested version; else the next free one.")
+    description: str = ""
+    tags: dict[str, str] = Field(default_factory=dict)
+    scoring_script: str = Field(default="score.py", description="Scoring script, relative to the code folder.")
+    code: str = Field(default=".", description="Code folder, relative to the package.")
+    model_path: str | None = Field(default=None, description="Model file or folder; default 'model' if present.")
+    kind: ScoringKind = Field(default=ScoringKind.online, description="online, or batch for run(mini_batch).")
+    instance: InstanceSpec = Field(default_factory=InstanceSpec)
+    instance_type: str | None = Field(default=None, description="Azure SKU; sets instance.kind (see docs).")
+    batching: BatchingSpec = Field(default_factory=BatchingSpec)
+    timeout_seconds: float = Field(default=60.0, gt=0, description="Bound on each call into the script.")
+    init_timeout_seconds: float = Field(default=600.0, gt=0, description="Bound on import + init().")
+    threads: int = Field(default=1, ge=1, description="torch/onnxruntime/TF/BLAS threads per instance.")
+    environment: str | None = Field(default=None, description="requirements.txt or conda.yaml, recorded.")
+    environment_variables: dict[str, str] = Field(default_factory=dict)
+    signature: dict[str, Any] | None = Field(default=None, description="Optional typed signature (OpenAPI).")
+    batch_settings: dict[str, Any] = Field(default_factory=dict, description="Azure batch deployment settings.")
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str | None) -> str | None:
+        return None if value is None else check_name(value)
+
+
+# Azure SKUs with GPUs: the N-series (NC, ND, NV, ...).
+_GPU_SKU = re.compile(r"^(standard_)?n[cdvgp]", re.IGNORECASE)
+
+
+def kind_for_instance_type(instance_type: str) -> InstanceKind:
+    return InstanceKind.gpu if _GPU_SKU.match(instance_type) or instance_type.lower() == "gpu" else InstanceKind.cpu
+
+
+def _format_validation(error: ValidationError, source: Path) -> str:
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"unknown key '{where}'")
+        else:
+            lines.append(f"'{where}': {item['msg']} (got {item.get('input')!r})")
+    return f"{source}: " + "; ".join(lines)
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise PackageError(f"{path}: cannot be read as YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise PackageError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def load_package_spec(path: Path) -> PackageSpec:
+    try:
+        spec = PackageSpec.model_validate(read_yaml(path))
+    except ValidationError as exc:
+        raise PackageError(_format_validation(exc, path)) from None
+    if spec.instance_type:
+        spec.instance.kind = kind_for_instance_type(spec.instance_type)
+    return spec
+
+
+# --- Azure ML CLI v2 deployment YAML -------------------------------------------------------------------
+
+# Keys of Azure's online/batch deployment schemas that Turnout accepts but does not act on.
+AZURE_IGNORED_KEYS = frozenset({
+    "$schema", "app_insights_enabled", "scale_settings", "liveness_probe", "readiness_probe",
+    "egress_public_network_access", "data_collector", "properties", "type", "resources", "compute",
+    "model_mount_path", "default_instance_type", "private_network_connection", "data_collection",
+    "deployment_configuration", "job_definition", "component", "logging_level", "creation_context",
+    "provisioning_state", "id",
+})
+# Older batch schemas put these at the top level; newer ones under ``settings``.
+AZURE_BATCH_KEYS = frozenset({
+    "mini_batch_size", "output_action", "output_file_name", "retry_settings", "error_threshold",
+    "max_concurrency_per_instance", "environment_variables_batch",
+})
+
+
+class AzureModel(Strict):
+    name: str | None = None
+    version: str | int | None = None
+    path: str | None = None
+    description: str | None = None
+    type: str | None = None
+    tags: dict[str, str] | None = None
+    properties: dict[str, Any] | None = None
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class AzureCode(Strict):
+    code: str = "."
+    scoring_script: str
+
+
+class AzureEnvironment(Strict):
+    name: str | None = None
+    version: str | int | None = None
+    image: str | None = None
+    conda_file: str | None = None
+    description: str | None = None
+    build: dict[str, Any] | None = None
+    inference_config: dict[str, Any] | None = None
+    os_type: str | None = None
+    tags: dict[str, str] | None = None
+
+
+class AzureRequestSettings(Strict):
+    request_timeout_ms: int | None = Field(default=None, gt=0)
+    max_concurrent_requests_per_instance: int | None = None
+    max_queue_wait_ms: int | None = None
+
+
+class AzureDeployment(BaseModel):
+    """The keys of an Azure ML CLI v2 online or batch deployment YAML that Turnout uses."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    name: str
+    endpoint_name: str | None = None
+    description: str | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+    model: str | AzureModel | None = None
+    code_configuration: AzureCode | None = None
+    environment: str | AzureEnvironment | None = None
+    environment_variables: dict[str, str] = Field(default_factory=dict)
+    instance_type: str | None = None
+    instance_count: int = Field(default=1, ge=1)
+    request_settings: AzureRequestSettings | None = None
+    settings: dict[str, Any] | None = None
+
+    @property
+    def is_batch(self) -> bool:
+        return self.settings is not None
+
+
+def load_azure_deployment(path: Path) -> tuple[AzureDeployment, list[str]]:
+    """Parse an Azure deployment YAML; returns it and the Azure keys that were accepted but ignored."""
+    data = read_yaml(path)
+    ignored = sorted(k for k in data if k in AZURE_IGNORED_KEYS)
+    batch = {k: data.pop(k) for k in list(data) if k in AZURE_BATCH_KEYS}
+    resources = data.get("resources")
+    is_batch_schema = "batchDeployment" in str(data.get("$schema", "")) or bool(batch)
+    for key in ignored:
+        data.pop(key)
+    if is_batch_schema:
+        data["settings"] = {**batch, **(data.get("settings") or {})}
+        if isinstance(resources, dict) and "instance_count" in resources:
+            data.setdefault("instance_count", resources["instance_count"])
+    try:
+        return AzureDeployment.model_validate(data), ignored
+    except ValidationError as exc:
+        raise PackageError(_format_validation(exc, path)) from None
+
+
+def looks_like_azure_deployment(path: Path) -> bool:
+    if path.suffix.lower() not in (".yml", ".yaml"):
+        return False
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and ("code_configuration" in data or "endpoint_name" in data or "model" in data)

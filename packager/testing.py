@@ -1,0 +1,60 @@
+"""``packager test``: build into a throwaway repository, serve it on a real embedded Triton, send one
+request and report what came back, with the entry's own log."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from packager.build import build_entry
+from packager.sources import SAMPLE_REQUEST, StagedPackage
+from turnout.errors import PackageError, TurnoutError
+from turnout.manifest import CODE_DIR
+from turnout.scoring.request import RequestMeta
+from turnout.triton.client import TritonClient
+from turnout.triton.embedded import EmbeddedTriton
+
+
+@dataclass(frozen=True)
+class TestOutcome:
+    passed: bool
+    status: int | None
+    body: str
+    log_tail: str
+    stage: str  # "load" or "request"
+
+
+def request_body_for(package: StagedPackage, request_file: Path | None) -> bytes:
+    if request_file is not None:
+        return request_file.read_bytes()
+    sample = package.root / CODE_DIR / SAMPLE_REQUEST
+    if sample.is_file():
+        return sample.read_bytes()
+    raise PackageError(f"no --request-file given and the package has no {SAMPLE_REQUEST}")
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def run_package_test(package: StagedPackage, body: bytes, content_type: str = "application/json") -> TestOutcome:
+    with tempfile.TemporaryDirectory(prefix="turnout-test-") as tmp:
+        repository = Path(tmp) / "repository"
+        entry = build_entry(package, repository).name
+        with EmbeddedTriton(repository=repository, work_dir=Path(tmp) / "triton") as triton:
+            entry_log = triton.log_dir / f"{entry}.log"
+            with TritonClient(triton.http_url) as client:
+                try:
+                    client.load(entry)
+                except TurnoutError as exc:
+                    return TestOutcome(False, None, exc.message, _tail(entry_log) or triton.log_tail(40), "load")
+                try:
+                    result = client.score(entry, body, RequestMeta(headers={"Content-Type": content_type}))
+                except TurnoutError as exc:
+                    return TestOutcome(False, int(exc.status), exc.message, _tail(entry_log), "request")
+            return TestOutcome(result.status < 400, result.status, result.body.decode("utf-8", "replace"),
+                               _tail(entry_log), "request")

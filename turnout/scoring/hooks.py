@@ -1,0 +1,141 @@
+"""Hook scripts: ``preprocess(payload)`` per request, ``predict(inputs)`` once per dynamic batch,
+``postprocess(output)`` per request. A missing hook is the identity.
+
+How ``predict`` sees a batch (decided per batch from what ``preprocess`` returned):
+  * every input is a numpy array (or every one a torch tensor) with the same dtype and the same shape
+    after the first axis: they are concatenated along axis 0 and ``predict`` gets one array/tensor; its
+    output (an array, tensor, list, or a dict of those) is split back by each request's row count;
+  * otherwise ``predict`` gets a list with one input per request and must return a list of equal length.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from turnout.errors import ScriptFailed, TurnoutError
+from turnout.scoring import codec
+from turnout.scoring.base import Scorer
+from turnout.scoring.guard import call_user
+from turnout.scoring.request import ScoringRequest, ScoringResult
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _decode_payload(request: ScoringRequest) -> Any:
+    """JSON bodies are parsed; other media types (images, audio) reach preprocess as bytes."""
+    if request.meta.is_json:
+        return codec.loads(request.body)
+    return request.body
+
+
+def _is_torch(value: Any) -> bool:
+    return type(value).__module__.startswith("torch") and hasattr(value, "shape")
+
+
+def _stack_plan(inputs: list[Any]) -> tuple[Any, list[int]] | None:
+    """Concatenate stackable inputs; return the stacked value and each request's row count."""
+    first = inputs[0]
+    if isinstance(first, np.ndarray):
+        if not all(
+            isinstance(x, np.ndarray) and x.ndim >= 1 and x.dtype == first.dtype and x.shape[1:] == first.shape[1:]
+            for x in inputs
+        ) or first.ndim == 0:
+            return None
+        return (first if len(inputs) == 1 else np.concatenate(inputs, axis=0)), [len(x) for x in inputs]
+    if _is_torch(first):
+        if first.dim() == 0 or not all(
+            _is_torch(x) and x.dim() >= 1 and x.dtype == first.dtype and x.shape[1:] == first.shape[1:]
+            for x in inputs
+        ):
+            return None
+        import torch
+
+        return (first if len(inputs) == 1 else torch.cat(inputs, dim=0)), [int(x.shape[0]) for x in inputs]
+    return None
+
+
+def _split(output: Any, counts: list[int], what: str) -> list[Any]:
+    total = sum(counts)
+    if isinstance(output, dict):
+        columns = {key: _split(value, counts, what) for key, value in output.items()}
+        return [{key: parts[i] for key, parts in columns.items()} for i in range(len(counts))]
+    if not hasattr(output, "__len__") or isinstance(output, (str, bytes)) or len(output) != total:
+        length = len(output) if hasattr(output, "__len__") else "no length"
+        raise ScriptFailed(f"{what} returned {type(output).__name__} ({length}); expected {total} rows, one per input row")
+    parts, start = [], 0
+    for count in counts:
+        parts.append(output[start:start + count])
+        start += count
+    return parts
+
+
+class HooksScorer(Scorer):
+    mode = "hooks"
+
+    def __init__(self, module: Any, script: str, timeout: float) -> None:
+        super().__init__(module, script, timeout)
+        self._preprocess: Callable[[Any], Any] = getattr(module, "preprocess", _identity)
+        self._predict: Callable[[Any], Any] = getattr(module, "predict", _identity)
+        self._postprocess: Callable[[Any], Any] = getattr(module, "postprocess", _identity)
+
+    def describe(self) -> str:
+        present = [h for h in ("preprocess", "predict", "postprocess") if hasattr(self.module, h)]
+        return f"{self.mode} ({', '.join(present)}; others are the identity)"
+
+    def _score_one(self, request: ScoringRequest) -> ScoringResult:
+        result = self.score([request])[0]
+        if isinstance(result, TurnoutError):
+            raise result
+        return result
+
+    def score(self, requests: list[ScoringRequest]) -> list[ScoringResult | TurnoutError]:
+        results: list[ScoringResult | TurnoutError | None] = [None] * len(requests)
+        live: list[int] = []
+        inputs: list[Any] = []
+        for i, request in enumerate(requests):
+            try:
+                payload = _decode_payload(request)
+                inputs.append(call_user(self._preprocess, payload, timeout=self.timeout, what=self._what("preprocess")))
+                live.append(i)
+            except TurnoutError as exc:
+                self.log_failure(exc)
+                results[i] = exc
+        if live:
+            try:
+                outputs = self._predict_batch(inputs)
+            except TurnoutError as exc:
+                self.log_failure(exc)
+                outputs = [exc] * len(live)
+            for i, output in zip(live, outputs):
+                results[i] = output if isinstance(output, TurnoutError) else self._finish(output)
+        return [r for r in results if r is not None]
+
+    def _predict_batch(self, inputs: list[Any]) -> Sequence[Any]:
+        what = self._what("predict")
+        plan = _stack_plan(inputs)
+        if plan is not None:
+            batch, counts = plan
+            return _split(call_user(self._predict, batch, timeout=self.timeout, what=what), counts, what)
+        outputs = call_user(self._predict, inputs, timeout=self.timeout, what=what)
+        if isinstance(outputs, (str, bytes, dict)) or not hasattr(outputs, "__len__") or len(outputs) != len(inputs):
+            raise ScriptFailed(
+                f"{what} got a list of {len(inputs)} inputs and must return a list of {len(inputs)} outputs, "
+                f"returned {type(outputs).__name__}"
+            )
+        return list(outputs)
+
+    def _finish(self, output: Any) -> ScoringResult | TurnoutError:
+        try:
+            final = call_user(self._postprocess, output, timeout=self.timeout, what=self._what("postprocess"))
+            return ScoringResult(body=codec.dumps(final))
+        except TurnoutError as exc:
+            self.log_failure(exc)
+            return exc
+
+    def _what(self, hook: str) -> str:
+        return f"{hook}() in {self.script}"
