@@ -116,7 +116,7 @@ def load_package_spec(path: Path) -> PackageSpec:
 
 # Keys of Azure's online/batch deployment schemas that Turnout accepts but does not act on.
 AZURE_IGNORED_KEYS = frozenset({
-    "$schema", "app_insights_enabled", "scale_settings", "liveness_probe", "readiness_probe",
+    "app_insights_enabled", "scale_settings", "liveness_probe", "readiness_probe",
     "egress_public_network_access", "data_collector", "properties", "type", "resources", "compute",
     "model_mount_path", "default_instance_type", "private_network_connection", "data_collection",
     "deployment_configuration", "job_definition", "component", "logging_level", "creation_context",
@@ -189,13 +189,13 @@ class AzureDeployment(BaseModel):
 def load_azure_deployment(path: Path) -> tuple[AzureDeployment, list[str]]:
     """Parse an Azure deployment YAML; returns it and the Azure keys that were accepted but ignored."""
     data = read_yaml(path)
+    schema = str(data.pop("$schema", ""))  # metadata, not a setting: never reported
     ignored = sorted(k for k in data if k in AZURE_IGNORED_KEYS)
     batch = {k: data.pop(k) for k in list(data) if k in AZURE_BATCH_KEYS}
     resources = data.get("resources")
-    is_batch_schema = "batchDeployment" in str(data.get("$schema", "")) or bool(batch)
     for key in ignored:
         data.pop(key)
-    if is_batch_schema:
+    if "batchDeployment" in schema or batch or "settings" in data:
         data["settings"] = {**batch, **(data.get("settings") or {})}
         if isinstance(resources, dict) and "instance_count" in resources:
             data.setdefault("instance_count", resources["instance_count"])

@@ -62,13 +62,13 @@ def _configure_logging(entry: str) -> None:
         sys.stdout = _Tee(sys.stdout, log_file)
         sys.stderr = _Tee(sys.stderr, log_file)
         handlers[0] = logging.StreamHandler(sys.__stderr__)
-    root = logging.getLogger("turnout")
+    # The root logger, so a script's own logging.info() lands in the entry's log as it does on Azure.
+    root = logging.getLogger()
     root.handlers.clear()
     for handler in handlers:
         handler.setFormatter(formatter)
         root.addHandler(handler)
     root.setLevel(logging.INFO)
-    root.propagate = False
 
 
 def _triton_error(exc: TurnoutError) -> Any:

@@ -1,0 +1,70 @@
+"""The packager CLI as a user runs it: real processes, a private registry."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import FIXTURES
+
+
+def packager(*args: str, registry: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TURNOUT_REGISTRY": str(registry)}
+    exe = Path(sys.executable).parent / "packager"
+    result = subprocess.run([str(exe), *args], capture_output=True, text=True, env=env, timeout=180)
+    if check and result.returncode != 0:
+        raise AssertionError(f"packager {' '.join(args)} -> {result.returncode}\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def test_scaffold_validate_register_build(tmp_path: Path) -> None:
+    registry, pkg, repo = tmp_path / "reg", tmp_path / "iris", tmp_path / "repo"
+    packager("init", str(pkg), registry=registry)
+    assert "loads as hooks" in packager("validate", str(pkg), registry=registry).stdout
+    out = packager("register", str(pkg), "--tag", "stage=dev", registry=registry).stdout
+    assert out.startswith("registered iris:1 sha256:")
+    assert "already registered (same content) iris:1" in packager("register", str(pkg), registry=registry).stdout
+    assert "iris" in packager("list", registry=registry).stdout
+    shown = json.loads(packager("show", "iris:1", registry=registry).stdout)
+    assert shown["tags"] == {"stage": "dev"} and shown["version"] == 1
+    assert "built" in packager("build", "iris:1", "--repository", str(repo), registry=registry).stdout
+    assert (repo / "iris-v1" / "config.pbtxt").exists()
+
+
+def test_validate_names_the_broken_file_and_phase(tmp_path: Path) -> None:
+    result = packager("validate", str(FIXTURES / "broken" / "init_raises"), registry=tmp_path, check=False)
+    assert result.returncode == 2
+    assert "score.py: init() failed: RuntimeError: boom in init" in result.stderr
+    refused = packager("register", str(FIXTURES / "broken" / "syntax_error"), registry=tmp_path, check=False)
+    assert refused.returncode == 2 and "not registered" in refused.stderr
+    assert not (tmp_path / "syntax_error").exists()
+
+
+def test_bad_model_yaml_is_reported_without_a_traceback(tmp_path: Path) -> None:
+    pkg = tmp_path / "p"
+    shutil.copytree(FIXTURES / "broken" / "bad_input", pkg)
+    (pkg / "model.yaml").write_text("nmae: typo\n")
+    result = packager("validate", str(pkg), registry=tmp_path, check=False)
+    assert result.returncode == 2
+    assert "unknown key 'nmae'" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.integration
+def test_packager_test_serves_on_real_triton(tmp_path: Path) -> None:
+    pkg = tmp_path / "lin"
+    packager("init", str(pkg), registry=tmp_path)
+    ok = packager("test", str(pkg), registry=tmp_path)
+    assert "HTTP 200" in ok.stdout and '{"predictions":[4.75]}' in ok.stdout
+    assert "loaded score.py as hooks" in ok.stderr
+    (tmp_path / "bad.json").write_text('{"data": [[1]]}')
+    bad = packager("test", str(pkg), "--request-file", str(tmp_path / "bad.json"), registry=tmp_path, check=False)
+    assert bad.returncode == 1 and "HTTP 400" in bad.stdout
+    broken = packager("test", str(FIXTURES / "broken" / "init_raises"), "--request-file", str(tmp_path / "bad.json"),
+                      registry=tmp_path, check=False)
+    assert broken.returncode == 1 and "boom in init" in broken.stderr

@@ -1,0 +1,115 @@
+import io
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from packager.sources import resolve_source
+from turnout.errors import PackageError
+from turnout.manifest import CODE_DIR, MODELS_DIR
+
+SCORE = "def init():\n    pass\n\ndef run(raw_data):\n    return raw_data\n"
+
+
+def package(tmp_path: Path, files: dict[str, str]) -> Path:
+    root = tmp_path / "my-model"
+    for relative, text in files.items():
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_text(text)
+    return root
+
+
+def test_model_folder_keeps_its_name_under_azureml_model_dir(tmp_path: Path) -> None:
+    root = package(tmp_path, {"score.py": SCORE, "model/weights.bin": "w", "model/sub/x.txt": "x", "util.py": ""})
+    with resolve_source(str(root)) as staged:
+        assert staged.name == "my-model" and staged.model_name == "model"
+        assert (staged.root / MODELS_DIR / "model" / "sub" / "x.txt").read_text() == "x"
+        # The model is not copied twice: code/ holds the code only.
+        assert sorted(p.name for p in (staged.root / CODE_DIR).iterdir()) == ["score.py", "util.py"]
+
+
+def test_single_model_file_sits_directly_under_azureml_model_dir(tmp_path: Path) -> None:
+    root = package(tmp_path, {"src/score.py": SCORE, "clf.pkl": "p", "model.yaml": "code: src\nmodel_path: clf.pkl\n"})
+    with resolve_source(str(root)) as staged:
+        assert (staged.root / MODELS_DIR / "clf.pkl").read_text() == "p"
+        assert staged.model_name == "clf.pkl"
+        assert sorted(p.name for p in (staged.root / CODE_DIR).iterdir()) == ["score.py"]
+
+
+def test_missing_script_and_model_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(PackageError, match="scoring script 'score.py' not found"):
+        resolve_source(str(package(tmp_path, {"other.py": ""})))
+    root = tmp_path / "m2"
+    root.mkdir()
+    (root / "score.py").write_text(SCORE)
+    (root / "model.yaml").write_text("model_path: nowhere\n")
+    with pytest.raises(PackageError, match="model path .*nowhere does not exist"):
+        resolve_source(str(root))
+    with pytest.raises(PackageError, match="not a registered model"):
+        resolve_source(str(tmp_path / "does-not-exist"))
+
+
+def test_content_hash_follows_content_and_serving_settings(tmp_path: Path) -> None:
+    root = package(tmp_path, {"score.py": SCORE, "model/w": "1"})
+    with resolve_source(str(root)) as a:
+        first = a.content_hash()
+    with resolve_source(str(root)) as b:
+        assert b.content_hash() == first
+    (root / "model.yaml").write_text("timeout_seconds: 3\n")
+    with resolve_source(str(root)) as c:
+        assert c.content_hash() != first
+
+
+def test_tar_and_zip_archives(tmp_path: Path) -> None:
+    root = package(tmp_path, {"score.py": SCORE, "model/w": "1"})
+    tar_path = tmp_path / "pkg.tar.gz"
+    with tarfile.open(tar_path, "w:gz") as tf:
+        tf.add(root, arcname="my-model")
+    zip_path = tmp_path / "flat.zip"
+    with zipfile.ZipFile(zip_path, "w") as zf:
+        zf.write(root / "score.py", "score.py")
+        zf.write(root / "model" / "w", "model/w")
+    with resolve_source(str(tar_path)) as staged:
+        assert staged.name == "my-model" and (staged.root / MODELS_DIR / "model" / "w").exists()
+    with resolve_source(str(zip_path)) as staged:
+        assert staged.name == "flat" and (staged.root / CODE_DIR / "score.py").exists()
+
+
+def test_archive_members_cannot_escape(tmp_path: Path) -> None:
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as zf:
+        zf.writestr("../../escaped.py", "x")
+    with pytest.raises(PackageError, match="outside the package"):
+        resolve_source(str(evil))
+    evil_tar = tmp_path / "evil.tar"
+    with tarfile.open(evil_tar, "w") as tf:
+        info = tarfile.TarInfo("../escaped.py")
+        info.size = 1
+        tf.addfile(info, io.BytesIO(b"x"))
+    with pytest.raises(PackageError, match="cannot be extracted"):
+        resolve_source(str(evil_tar))
+    assert not (tmp_path / "escaped.py").exists()
+
+
+def test_azure_deployment_yaml(tmp_path: Path) -> None:
+    (tmp_path / "onlinescoring").mkdir()
+    (tmp_path / "onlinescoring" / "score.py").write_text(SCORE)
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "m.pkl").write_text("m")
+    (tmp_path / "env").mkdir()
+    (tmp_path / "env" / "conda.yaml").write_text("name: env\n")
+    (tmp_path / "blue.yml").write_text(
+        "name: blue\nendpoint_name: ep\nmodel: {path: ./model/}\n"
+        "code_configuration: {code: ./onlinescoring/, scoring_script: score.py}\n"
+        "environment: {conda_file: ./env/conda.yaml, image: some/image}\n"
+        "instance_type: Standard_NC6s_v3\ninstance_count: 2\nrequest_settings: {request_timeout_ms: 2500}\n"
+        "scale_settings: {type: default}\n"
+    )
+    with resolve_source(str(tmp_path / "blue.yml")) as staged:
+        assert staged.name == "ep-blue"
+        assert (staged.root / MODELS_DIR / "model" / "m.pkl").exists()
+        assert (staged.root / "environment" / "conda.yaml").exists()
+        assert (staged.spec.instance.kind, staged.spec.instance.count) == ("gpu", 2)
+        assert staged.spec.timeout_seconds == 2.5
+        assert staged.warnings == ["ignored Azure keys (not used by Turnout): scale_settings"]
