@@ -168,7 +168,7 @@ def from_folder(folder: Path, source: str | None = None) -> StagedPackage:
     return StagedPackage(stage, name, spec, model_name, source or str(folder), _tmp=tmp)
 
 
-def _safe_extract(archive: Path, target: Path) -> None:
+def safe_extract(archive: Path, target: Path) -> None:
     """Extract without letting a member escape ``target`` (absolute paths, '..', links outside)."""
     try:
         if zipfile.is_zipfile(archive):
@@ -189,7 +189,7 @@ def _safe_extract(archive: Path, target: Path) -> None:
 def from_archive(archive: Path) -> StagedPackage:
     with tempfile.TemporaryDirectory(prefix="turnout-archive-") as tmp:
         target = Path(tmp)
-        _safe_extract(archive, target)
+        safe_extract(archive, target)
         entries = [p for p in target.iterdir() if not p.name.startswith(".")]
         root = entries[0] if len(entries) == 1 and entries[0].is_dir() else target
         if root is target:

@@ -122,6 +122,13 @@ class PackageError(TurnoutError):
     code = "invalid_package"
 
 
+class DeploymentFailed(TurnoutError):
+    """A deployment could not be made to serve (its script failed to load, no node in its pool)."""
+
+    status = HTTPStatus.FAILED_DEPENDENCY
+    code = "deployment_failed"
+
+
 class ScriptLoadError(TurnoutError):
     """The scoring script could not be imported or initialised; the entry cannot serve."""
 
@@ -129,12 +136,12 @@ class ScriptLoadError(TurnoutError):
     code = "script_load_failed"
 
 
-_BY_CODE: dict[str, type[TurnoutError]] = {
+BY_CODE: dict[str, type[TurnoutError]] = {
     cls.code: cls
     for cls in (
         TurnoutError, BadInput, Unauthorized, Forbidden, NotFound, Conflict, PayloadTooLarge,
         UnsupportedMediaType, ScriptFailed, Overloaded, NodeUnreachable, NotReady, ScoringTimeout,
-        PackageError, ScriptLoadError,
+        PackageError, ScriptLoadError, DeploymentFailed,
     )
 }
 
@@ -146,7 +153,7 @@ def from_wire(message: str) -> TurnoutError | None:
         return None
     try:
         payload = json.loads(message[start + len(WIRE_PREFIX):])
-        cls = _BY_CODE.get(payload["code"], TurnoutError)
+        cls = BY_CODE.get(payload["code"], TurnoutError)
         return cls(str(payload["message"]), details=payload.get("details"))
     except (ValueError, KeyError, TypeError):
         return None
@@ -160,4 +167,22 @@ TRITON_CODE_FOR_STATUS: dict[int, str] = {
     413: "INVALID_ARG",
     415: "INVALID_ARG",
     503: "UNAVAILABLE",
+}
+
+
+# gRPC status codes (grpc.StatusCode names) for each HTTP status, for the gateway's gRPC transport.
+GRPC_CODE_FOR_STATUS: dict[int, str] = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    409: "FAILED_PRECONDITION",
+    413: "RESOURCE_EXHAUSTED",
+    415: "INVALID_ARGUMENT",
+    424: "FAILED_PRECONDITION",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    502: "UNAVAILABLE",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
 }

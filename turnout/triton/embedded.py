@@ -134,6 +134,7 @@ class EmbeddedTriton:
 
     repository: Path
     work_dir: Path | None = None
+    extra_repositories: list[Path] = field(default_factory=list)
     host: str = "127.0.0.1"
     load_models: list[str] = field(default_factory=list)
     load_all: bool = False
@@ -199,6 +200,7 @@ class EmbeddedTriton:
         args = [
             str(files.binary),
             f"--model-repository={self.repository}",
+            *[f"--model-repository={extra}" for extra in self.extra_repositories],
             f"--backend-directory={backend_dir}",
             "--model-control-mode=explicit",
             "--disable-auto-complete-config",

@@ -1,0 +1,309 @@
+"""``gateway``: run the Turnout gateway, and drive it with the verbs of Azure's ``az ml online-endpoint``
+and ``az ml online-deployment`` (same YAML files, same flags where they exist)."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import sys
+import tarfile
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from gateway.client import AdminClient
+from gateway.schemas import AZURE_ENDPOINT_IGNORED, DeploymentSpec, EndpointSpec, PackageHeader
+from packager.registry import Registry, default_registry_root
+from packager.sources import PACKAGE_FILE, resolve_source
+from packager.spec import load_azure_deployment, read_yaml
+from turnout.errors import BadInput, TurnoutError
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+endpoint_app = typer.Typer(help="Online endpoints: a stable scoring URL over deployments.", no_args_is_help=True)
+deployment_app = typer.Typer(help="Deployments: a model version serving behind an endpoint.", no_args_is_help=True)
+model_app = typer.Typer(help="Models in the gateway's repository.", no_args_is_help=True)
+app.add_typer(endpoint_app, name="endpoint")
+app.add_typer(deployment_app, name="deployment")
+app.add_typer(model_app, name="model")
+
+DEFAULT_STATE = Path(".turnout/gateway")
+GatewayUrl = Annotated[str, typer.Option("--gateway-url", envvar="TURNOUT_GATEWAY_URL", help="Gateway to talk to.")]
+AdminKey = Annotated[str | None, typer.Option("--admin-key", envvar="TURNOUT_ADMIN_KEY",
+                                              help="Admin credential [default: read from the state folder].")]
+StateDir = Annotated[Path, typer.Option("--state", envvar="TURNOUT_STATE_DIR", help="Gateway state folder.")]
+Name = Annotated[str, typer.Option("--name", "-n", help="Endpoint name.")]
+EndpointName = Annotated[str, typer.Option("--endpoint-name", "-e", help="Endpoint name.")]
+DeploymentName = Annotated[str, typer.Option("--name", "-n", help="Deployment name.")]
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+def _print(value: Any) -> None:
+    typer.echo(json.dumps(value, indent=2) if not isinstance(value, str) else value)
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def _client(url: str, admin_key: str | None, state: Path) -> AdminClient:
+    if admin_key is None:
+        key_file = state / "admin.key"
+        if not key_file.exists():
+            _fail(f"no admin key: pass --admin-key, set TURNOUT_ADMIN_KEY, or point --state at the gateway's "
+                  f"state folder (looked for {key_file})", 2)
+        admin_key = key_file.read_text().strip()
+    return AdminClient(url, admin_key)
+
+
+def _pairs(text: str, option: str) -> dict[str, int]:
+    """ "blue=90 green=10" (Azure's format; commas work too) -> {"blue": 90, "green": 10}."""
+    pairs: dict[str, int] = {}
+    for item in text.replace(",", " ").split():
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value.lstrip("-").isdigit():
+            _fail(f"{option} {text!r}: expected NAME=PERCENT pairs such as \"blue=90 green=10\"", 2)
+        pairs[name] = int(value)
+    return pairs
+
+
+# --- serve -------------------------------------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    repository: Annotated[Path, typer.Option(help="Model repository to serve.")] = Path("model_repository"),
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port.")] = 8080,
+    grpc_port: Annotated[int | None, typer.Option(help="gRPC port for the Open Inference Protocol.")] = None,
+    state: StateDir = DEFAULT_STATE,
+    nodes: Annotated[Path | None, typer.Option(help="nodes.yaml; without it an embedded Triton starts.")] = None,
+    admin_key: AdminKey = None,
+    allow_anonymous: Annotated[bool, typer.Option(help="Dev mode: model URLs need no key.")] = False,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
+) -> None:
+    """Run the gateway (and, without --nodes, an embedded Triton on the repository)."""
+    import uvicorn
+
+    from gateway.app import create_app
+    from gateway.settings import GatewaySettings
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = GatewaySettings(
+        repository=repository, state_dir=state, host=host, port=port, grpc_port=grpc_port, nodes_file=nodes,
+        admin_key=admin_key, allow_anonymous=allow_anonymous,
+    )
+    typer.echo(f"Turnout gateway on http://{host}:{port} (repository {repository}, state {state})")
+    typer.echo(f"admin key: {state / 'admin.key'}" if admin_key is None else "admin key: from --admin-key")
+    if allow_anonymous:
+        typer.secho("dev mode: model URLs answer without a key", fg=typer.colors.YELLOW)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, access_log=False,
+                timeout_graceful_shutdown=30)
+
+
+# --- endpoints ---------------------------------------------------------------------------------------
+
+
+@endpoint_app.command("create")
+def endpoint_create(
+    file: Annotated[Path, typer.Option("--file", "-f", help="Azure endpoint YAML (name, auth_mode).")],
+    name: Annotated[str | None, typer.Option("--name", "-n", help="Override the YAML's name.")] = None,
+    gateway_url: GatewayUrl = DEFAULT_URL, admin_key: AdminKey = None, state: StateDir = DEFAULT_STATE,
+) -> None:
+    """Create an endpoint from Azure's endpoint.yml."""
+    data = read_yaml(file)
+    ignored = sorted(k for k in data if k in AZURE_ENDPOINT_IGNORED and k != "$schema")
+    spec_data = {k: v for k, v in data.items() if k not in AZURE_ENDPOINT_IGNORED}
+    if name:
+        spec_data["name"] = name
+    if ignored:
+        typer.secho(f"warning: ignored Azure keys (not used by Turnout): {', '.join(ignored)}",
+                    fg=typer.colors.YELLOW, err=True)
+    try:
+        spec = EndpointSpec.model_validate(spec_data)
+    except ValueError as exc:
+        _fail(f"{file}: {exc}", 2)
+    _print(_client(gateway_url, admin_key, state).post("/admin/endpoints", spec.model_dump()))
+
+
+@endpoint_app.command("update")
+def endpoint_update(
+    name: Name,
+    traffic: Annotated[str | None, typer.Option(help='Traffic weights, e.g. "blue=90 green=10".')] = None,
+    mirror_traffic: Annotated[str | None, typer.Option(help='Mirror, e.g. "green=20" (at most 50).')] = None,
+    gateway_url: GatewayUrl = DEFAULT_URL, admin_key: AdminKey = None, state: StateDir = DEFAULT_STATE,
+) -> None:
+    """Change traffic weights and mirror traffic (applied atomically)."""
+    body: dict[str, Any] = {}
+    if traffic is not None:
+        body["traffic"] = _pairs(traffic, "--traffic")
+    if mirror_traffic is not None:
+        body["mirror_traffic"] = _pairs(mirror_traffic, "--mirror-traffic")
+    if not body:
+        _fail("nothing to update: give --traffic and/or --mirror-traffic", 2)
+    _print(_client(gateway_url, admin_key, state).patch(f"/admin/endpoints/{name}", body))
+
+
+@endpoint_app.command("show")
+def endpoint_show(name: Name, gateway_url: GatewayUrl = DEFAULT_URL, admin_key: AdminKey = None,
+                  state: StateDir = DEFAULT_STATE) -> None:
+    _print(_client(gateway_url, admin_key, state).get(f"/admin/endpoints/{name}"))
+
+
+@endpoint_app.command("list")
+def endpoint_list(gateway_url: GatewayUrl = DEFAULT_URL, admin_key: AdminKey = None,
+                  state: StateDir = DEFAULT_STATE) -> None:
+    _print(_client(gateway_url, admin_key, state).get("/admin/endpoints"))
+
+
+@endpoint_app.command("delete")
+def endpoint_delete(name: Name, gateway_url: GatewayUrl = DEFAULT_URL, admin_key: AdminKey = None,
+                    state: StateDir = DEFAULT_STATE) -> None:
+    """Delete an endpoint and all its deployments."""
+    _client(gateway_url, admin_key, state).delete(f"/admin/endpoints/{name}")
+    typer.echo(f"deleted endpoint {name}")
+
+
+@endpoint_app.command("get-credentials")
+def endpoint_credentials(name: Name, gateway_url: GatewayUrl = DEFAULT_URL, admin_key: AdminKey = None,
+                         state: StateDir = DEFAULT_STATE) -> None:
+    """Keys (auth_mode key) or a fresh token (auth_mode aml_token)."""
+    _print(_client(gateway_url, admin_key, state).post(f"/admin/endpoints/{name}/credentials", {}))
+
+
+@endpoint_app.command("regenerate-keys")
+def endpoint_regenerate(
+    name: Name, key_type: Annotated[str, typer.Option(help="primary or secondary")] = "primary",
+    gateway_url: GatewayUrl = DEFAULT_URL, admin_key: AdminKey = None, state: StateDir = DEFAULT_STATE,
+) -> None:
+    _print(_client(gateway_url, admin_key, state).post(f"/admin/endpoints/{name}/regenerate-keys",
+                                                       {"key_type": key_type}))
+
+
+@endpoint_app.command("invoke")
+def endpoint_invoke(
+    name: Name,
+    request_file: Annotated[Path, typer.Option(help="JSON request body.")],
+    deployment_name: Annotated[str | None, typer.Option(help="Pin one deployment.")] = None,
+    gateway_url: GatewayUrl = DEFAULT_URL, admin_key: AdminKey = None, state: StateDir = DEFAULT_STATE,
+) -> None:
+    """Score a request on the endpoint; prints the answer (the serving deployment goes to stderr)."""
+    status, deployment, body = _client(gateway_url, admin_key, state).invoke(
+        name, request_file.read_bytes(), deployment_name
+    )
+    typer.echo(f"served by: {deployment}", err=True)
+    typer.echo(body)
+    if status >= 400:
+        raise typer.Exit(1)
+
+
+# --- deployments -------------------------------------------------------------------------------------
+
+
+def _deployment_archive(file: Path, name: str | None, endpoint_name: str | None) -> tuple[DeploymentSpec, bytes]:
+    azure, ignored = load_azure_deployment(file)
+    if ignored:
+        typer.secho(f"warning: ignored Azure keys (not used by Turnout): {', '.join(ignored)}",
+                    fg=typer.colors.YELLOW, err=True)
+    endpoint = endpoint_name or azure.endpoint_name
+    if not endpoint:
+        _fail(f"{file}: no endpoint_name; give --endpoint-name", 2)
+    settings = azure.request_settings.model_dump(exclude_none=True) if azure.request_settings else None
+    spec = DeploymentSpec(
+        name=name or azure.name, endpoint_name=endpoint, instance_type=azure.instance_type,
+        instance_count=azure.instance_count, description=azure.description or "", tags=azure.tags,
+        request_settings=settings, ignored_keys=ignored,
+    )
+    with resolve_source(str(file), Registry(default_registry_root())) as package:
+        header = PackageHeader(name=package.name, spec=package.spec.model_dump(mode="json"),
+                               model_name=package.model_name, source=package.source)
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+            tar.add(package.root, arcname=".", filter=lambda t: None if t.name == f"./{PACKAGE_FILE}" else t)
+            for member, content in ((PACKAGE_FILE, header.model_dump_json()), ("deployment.json",
+                                                                                spec.model_dump_json())):
+                info = tarfile.TarInfo(member)
+                info.size = len(content.encode())
+                tar.addfile(info, io.BytesIO(content.encode()))
+    return spec, buffer.getvalue()
+
+
+def _put_deployment(file: Path, name: str | None, endpoint_name: str | None, all_traffic: bool,
+                    client: AdminClient) -> None:
+    spec, archive = _deployment_archive(file, name, endpoint_name)
+    typer.echo(f"deploying {spec.endpoint_name}/{spec.name} ({len(archive) / 1e6:.1f} MB) ...", err=True)
+    _print(client.put_archive(f"/admin/endpoints/{spec.endpoint_name}/deployments/{spec.name}", archive,
+                              {"all_traffic": str(all_traffic).lower()}))
+
+
+@deployment_app.command("create")
+def deployment_create(
+    file: Annotated[Path, typer.Option("--file", "-f", help="Azure ML CLI v2 deployment YAML.")],
+    all_traffic: Annotated[bool, typer.Option("--all-traffic", help="Send 100% of traffic to it.")] = False,
+    name: Annotated[str | None, typer.Option("--name", "-n", help="Override the YAML's name.")] = None,
+    endpoint_name: Annotated[str | None, typer.Option("--endpoint-name", "-e")] = None,
+    gateway_url: GatewayUrl = DEFAULT_URL, admin_key: AdminKey = None, state: StateDir = DEFAULT_STATE,
+) -> None:
+    """Create a deployment from Azure's deployment YAML; it takes traffic only once ready."""
+    _put_deployment(file, name, endpoint_name, all_traffic, _client(gateway_url, admin_key, state))
+
+
+@deployment_app.command("update")
+def deployment_update(
+    file: Annotated[Path, typer.Option("--file", "-f", help="Azure ML CLI v2 deployment YAML.")],
+    name: Annotated[str | None, typer.Option("--name", "-n")] = None,
+    endpoint_name: Annotated[str | None, typer.Option("--endpoint-name", "-e")] = None,
+    gateway_url: GatewayUrl = DEFAULT_URL, admin_key: AdminKey = None, state: StateDir = DEFAULT_STATE,
+) -> None:
+    """Roll a deployment to new code, model or instance count: load, ready, switch, drain, unload."""
+    _put_deployment(file, name, endpoint_name, False, _client(gateway_url, admin_key, state))
+
+
+@deployment_app.command("show")
+def deployment_show(name: DeploymentName, endpoint_name: EndpointName, gateway_url: GatewayUrl = DEFAULT_URL,
+                    admin_key: AdminKey = None, state: StateDir = DEFAULT_STATE) -> None:
+    _print(_client(gateway_url, admin_key, state).get(f"/admin/endpoints/{endpoint_name}/deployments/{name}"))
+
+
+@deployment_app.command("list")
+def deployment_list(endpoint_name: EndpointName, gateway_url: GatewayUrl = DEFAULT_URL,
+                    admin_key: AdminKey = None, state: StateDir = DEFAULT_STATE) -> None:
+    _print(_client(gateway_url, admin_key, state).get(f"/admin/endpoints/{endpoint_name}/deployments"))
+
+
+@deployment_app.command("delete")
+def deployment_delete(name: DeploymentName, endpoint_name: EndpointName, gateway_url: GatewayUrl = DEFAULT_URL,
+                      admin_key: AdminKey = None, state: StateDir = DEFAULT_STATE) -> None:
+    _client(gateway_url, admin_key, state).delete(f"/admin/endpoints/{endpoint_name}/deployments/{name}")
+    typer.echo(f"deleted deployment {endpoint_name}/{name}")
+
+
+@deployment_app.command("get-logs")
+def deployment_logs(
+    name: DeploymentName, endpoint_name: EndpointName,
+    lines: Annotated[int, typer.Option("--lines", "-l", help="How many lines per node.")] = 200,
+    gateway_url: GatewayUrl = DEFAULT_URL, admin_key: AdminKey = None, state: StateDir = DEFAULT_STATE,
+) -> None:
+    """The deployment's own log: its script's output and Turnout's backend lines."""
+    typer.echo(_client(gateway_url, admin_key, state).text(
+        f"/admin/endpoints/{endpoint_name}/deployments/{name}/logs", {"lines": str(lines)}))
+
+
+@model_app.command("list")
+def model_list(gateway_url: GatewayUrl = DEFAULT_URL, admin_key: AdminKey = None,
+               state: StateDir = DEFAULT_STATE) -> None:
+    """Every model in the repository with its state (ready, loading, failed + reason)."""
+    _print(_client(gateway_url, admin_key, state).get("/models"))
+
+
+def main() -> None:
+    try:
+        app()
+    except TurnoutError as exc:
+        typer.secho(f"error: {exc.message}", fg=typer.colors.RED, err=True)
+        details = exc.details.get("log_tail") if exc.details else None
+        if details:
+            typer.echo(f"--- log tail ---\n{details}", err=True)
+        sys.exit(1 if not isinstance(exc, BadInput) else 2)

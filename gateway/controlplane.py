@@ -1,0 +1,344 @@
+"""The control plane, free of any transport: endpoints, deployments, traffic, mirror, keys, logs.
+
+Each change is validated first, then applied in one state transaction, then made visible by swapping the
+routing table. A deployment is loaded and ready before any traffic can point at it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from gateway.auth import AUTH_MODES, hash_key, new_key
+from gateway.core import Gateway, Placement, entry_for
+from gateway.dataplane import DataPlane
+from gateway.schemas import DeploymentSpec, EndpointSpec, EndpointUpdate, PackageHeader
+from gateway.state import DeploymentRecord, EndpointRecord
+from packager.build import build_entry
+from packager.sources import StagedPackage, safe_extract
+from packager.spec import PackageSpec
+from turnout.errors import BadInput, Conflict, DeploymentFailed, NotFound
+
+log = logging.getLogger("turnout.gateway.control")
+MAX_MIRROR_PERCENT = 50
+
+
+class ControlPlane:
+    def __init__(self, gateway: Gateway, dataplane: DataPlane, base_url: str = "") -> None:
+        self.gateway = gateway
+        self.dataplane = dataplane
+        self.state = gateway.state
+        self.base_url = base_url
+
+    # --- views ---
+    def _endpoint(self, name: str) -> EndpointRecord:
+        record = self.state.endpoint(name)
+        if record is None:
+            raise NotFound(f"no endpoint named {name!r}")
+        return record
+
+    def _deployment(self, endpoint: str, name: str) -> DeploymentRecord:
+        self._endpoint(endpoint)
+        record = self.state.deployment(endpoint, name)
+        if record is None:
+            known = ", ".join(d.name for d in self.state.deployments(endpoint)) or "none"
+            raise NotFound(f"endpoint {endpoint!r} has no deployment {name!r} (deployments: {known})")
+        return record
+
+    def endpoint_view(self, record: EndpointRecord) -> dict[str, Any]:
+        return {
+            "name": record.name,
+            "auth_mode": record.auth_mode,
+            "description": record.description,
+            "tags": record.tags,
+            "traffic": record.traffic,
+            "mirror_traffic": record.mirror_traffic,
+            "scoring_uri": f"{self.base_url}/endpoints/{record.name}/score",
+            "openapi_uri": f"{self.base_url}/endpoints/{record.name}/swagger.json",
+            "provisioning_state": "Succeeded",
+            "deployments": [d.name for d in self.state.deployments(record.name)],
+            "created": record.created.isoformat(),
+            "updated": record.updated.isoformat(),
+        }
+
+    def deployment_view(self, record: DeploymentRecord) -> dict[str, Any]:
+        placement = self.gateway.placements.get((record.endpoint, record.name))
+        state = placement.state if placement else record.state
+        return {
+            "name": record.name,
+            "endpoint_name": record.endpoint,
+            "model": f"{record.model_name}:{record.model_version}",
+            "content_hash": record.content_hash,
+            "entry": record.entry,
+            "generation": record.generation,
+            "instance_type": record.instance_type,
+            "instance_count": record.instance_count,
+            "pool": record.pool,
+            "nodes": [n.name for n in placement.nodes] if placement else record.nodes,
+            "state": state,
+            "provisioning_state": {"ready": "Succeeded", "failed": "Failed"}.get(state, "Updating"),
+            "reason": placement.reason if placement else record.reason,
+            "description": record.description,
+            "tags": record.tags,
+            "ignored_keys": record.ignored_keys,
+            "created": record.created.isoformat(),
+            "updated": record.updated.isoformat(),
+        }
+
+    def list_endpoints(self) -> list[dict[str, Any]]:
+        return [self.endpoint_view(r) for r in self.state.endpoints()]
+
+    def get_endpoint(self, name: str) -> dict[str, Any]:
+        return self.endpoint_view(self._endpoint(name))
+
+    def list_deployments(self, endpoint: str) -> list[dict[str, Any]]:
+        self._endpoint(endpoint)
+        return [self.deployment_view(r) for r in self.state.deployments(endpoint)]
+
+    def get_deployment(self, endpoint: str, name: str) -> dict[str, Any]:
+        return self.deployment_view(self._deployment(endpoint, name))
+
+    def history(self, endpoint: str) -> list[dict[str, Any]]:
+        self._endpoint(endpoint)
+        return self.state.history(endpoint)
+
+    # --- endpoints ---
+    def _check_auth_mode(self, mode: str) -> None:
+        if mode not in AUTH_MODES:
+            raise BadInput(f"auth_mode {mode!r} is not supported; use one of {', '.join(AUTH_MODES)}")
+        if mode == "none" and not self.gateway.settings.allow_anonymous:
+            raise BadInput("auth_mode none is for local development: start the gateway with --allow-anonymous")
+
+    async def create_endpoint(self, spec: EndpointSpec) -> dict[str, Any]:
+        self._check_auth_mode(spec.auth_mode)
+        if spec.traffic and any(spec.traffic.values()) or any(spec.mirror_traffic.values()):
+            raise BadInput("a new endpoint has no deployments yet: leave traffic out, or set it to 0")
+        async with self.gateway.control_lock:
+            if self.state.endpoint(spec.name) is not None:
+                raise Conflict(f"endpoint {spec.name!r} already exists (use 'gateway endpoint update')")
+            keys = [new_key(), new_key()]
+            record = EndpointRecord(
+                name=spec.name, auth_mode=spec.auth_mode, description=spec.description, tags=spec.tags,
+                key_hashes=[hash_key(k) for k in keys],
+                sealed_keys=[self.gateway.credentials.seal(k) for k in keys],
+            )
+            with self.state.transaction() as db:
+                self.state.put_endpoint(db, record)
+                self.state.record_history(db, spec.name, "create", {"auth_mode": spec.auth_mode})
+            self.gateway.rebuild_routes()
+        return self.endpoint_view(record)
+
+    async def update_endpoint(self, name: str, update: EndpointUpdate) -> dict[str, Any]:
+        async with self.gateway.control_lock:
+            record = self._endpoint(name)
+            traffic = record.traffic if update.traffic is None else dict(update.traffic)
+            mirror = record.mirror_traffic if update.mirror_traffic is None else dict(update.mirror_traffic)
+            if update.traffic is not None:
+                # Azure replaces the whole map: deployments left out take no traffic.
+                traffic = {d.name: traffic.get(d.name, 0) for d in self.state.deployments(name)} | traffic
+            self.validate_traffic(name, traffic, mirror)
+            record.traffic = {d: w for d, w in traffic.items()}
+            record.mirror_traffic = {d: w for d, w in mirror.items() if w > 0}
+            if update.description is not None:
+                record.description = update.description
+            if update.tags is not None:
+                record.tags = update.tags
+            with self.state.transaction() as db:
+                self.state.put_endpoint(db, record)
+                self.state.record_history(db, name, "update", {"traffic": record.traffic,
+                                                               "mirror_traffic": record.mirror_traffic})
+            self.gateway.rebuild_routes()
+        return self.endpoint_view(record)
+
+    def validate_traffic(self, endpoint: str, traffic: dict[str, int], mirror: dict[str, int]) -> None:
+        deployments = {d.name: d for d in self.state.deployments(endpoint)}
+        known = ", ".join(sorted(deployments)) or "none"
+        for label, weights in (("traffic", traffic), ("mirror traffic", mirror)):
+            for deployment, weight in weights.items():
+                if deployment not in deployments:
+                    raise BadInput(f"unknown deployment {deployment!r} in {label} (deployments: {known})")
+                if not 0 <= weight <= 100:
+                    raise BadInput(f"{label} for {deployment!r} must be between 0 and 100, got {weight}")
+        total = sum(traffic.values())
+        if total not in (0, 100):
+            shown = " ".join(f"{d}={w}" for d, w in sorted(traffic.items()))
+            raise BadInput(f"traffic weights must sum to 100 (or 0 to stop all traffic), got {total}: {shown}")
+        for deployment, weight in traffic.items():
+            self._require_ready(endpoint, deployment, weight, "traffic")
+        live_mirrors = {d: p for d, p in mirror.items() if p > 0}
+        if len(live_mirrors) > 1:
+            raise BadInput(f"mirror traffic goes to one deployment at a time, got {', '.join(sorted(live_mirrors))}")
+        for deployment, percent in live_mirrors.items():
+            if percent > MAX_MIRROR_PERCENT:
+                raise BadInput(f"mirror traffic is at most {MAX_MIRROR_PERCENT}%, got {deployment}={percent}")
+            if traffic.get(deployment, 0) > 0:
+                raise BadInput(f"{deployment!r} takes live traffic ({traffic[deployment]}%); "
+                               "a mirror target must take none")
+            self._require_ready(endpoint, deployment, percent, "mirror traffic")
+
+    def _require_ready(self, endpoint: str, deployment: str, weight: int, label: str) -> None:
+        placement = self.gateway.placements.get((endpoint, deployment))
+        if weight > 0 and (placement is None or placement.state != "ready"):
+            state = placement.state if placement else "not placed"
+            reason = f": {placement.reason}" if placement and placement.reason else ""
+            raise Conflict(f"deployment {deployment!r} is {state}{reason}; it cannot take {label}")
+
+    async def delete_endpoint(self, name: str) -> None:
+        async with self.gateway.control_lock:
+            self._endpoint(name)
+            deployments = self.state.deployments(name)
+            with self.state.transaction() as db:
+                self.state.delete_endpoint(db, name)
+                self.state.record_history(db, name, "delete", {})
+            self.gateway.rebuild_routes()
+            for record in deployments:
+                await self._retire(record.endpoint, record.name, self.gateway.placements.pop((name, record.name), None))
+
+    # --- keys and tokens ---
+    def get_credentials(self, name: str) -> dict[str, Any]:
+        record = self._endpoint(name)
+        if record.auth_mode == "aml_token":
+            return self.token(name)
+        keys = [self.gateway.credentials.unseal(k) for k in record.sealed_keys]
+        return {"primaryKey": keys[0], "secondaryKey": keys[1]}
+
+    def token(self, name: str) -> dict[str, Any]:
+        self._endpoint(name)
+        credentials = self.gateway.credentials
+        token = credentials.issue_token(name, self.gateway.settings.token_ttl_seconds)
+        expiry = datetime.fromtimestamp(token.expires_at, UTC)
+        return {"accessToken": credentials.encode_token(token), "tokenType": "Bearer",
+                "expiryTimeUtc": expiry.isoformat()}
+
+    async def regenerate_key(self, name: str, key_type: str) -> dict[str, Any]:
+        async with self.gateway.control_lock:
+            record = self._endpoint(name)
+            index = 0 if key_type == "primary" else 1
+            key = new_key()
+            record.key_hashes[index] = hash_key(key)
+            record.sealed_keys[index] = self.gateway.credentials.seal(key)
+            with self.state.transaction() as db:
+                self.state.put_endpoint(db, record)
+                self.state.record_history(db, name, "regenerate-keys", {"key_type": key_type})
+            self.gateway.rebuild_routes()
+        return {"regenerated": key_type}
+
+    # --- deployments ---
+    async def create_or_update_deployment(
+        self, endpoint: str, deployment: str, archive: bytes, all_traffic: bool
+    ) -> dict[str, Any]:
+        with tempfile.TemporaryDirectory(prefix="turnout-upload-") as tmp:
+            root = Path(tmp)
+            (root / "upload.tar.gz").write_bytes(archive)
+            safe_extract(root / "upload.tar.gz", root / "package")
+            package_root = root / "package"
+            try:
+                spec = DeploymentSpec.model_validate_json((package_root / "deployment.json").read_text())
+                header = PackageHeader.model_validate_json((package_root / "package.json").read_text())
+            except (OSError, ValueError) as exc:
+                raise BadInput(f"the upload is not a deployment archive: {exc}") from None
+            if (spec.endpoint_name, spec.name) != (endpoint, deployment):
+                raise BadInput(f"the archive is for {spec.endpoint_name}/{spec.name}, not {endpoint}/{deployment}")
+            (package_root / "deployment.json").unlink()
+            package = StagedPackage(package_root, header.name, PackageSpec.model_validate(header.spec),
+                                    header.model_name, header.source)
+            async with self.gateway.control_lock:
+                return await self._deploy(spec, package, all_traffic)
+
+    async def _deploy(self, spec: DeploymentSpec, package: StagedPackage, all_traffic: bool) -> dict[str, Any]:
+        endpoint = self._endpoint(spec.endpoint_name)
+        previous = self.state.deployment(spec.endpoint_name, spec.name)
+        record_name = f"{spec.endpoint_name}-{spec.name}"
+        registered, _ = await asyncio.to_thread(self.gateway.registry.register, package, name=record_name)
+        generation = previous.generation + 1 if previous else 1
+        settings = spec.request_settings
+        record = DeploymentRecord(
+            endpoint=spec.endpoint_name, name=spec.name,
+            model_name=registered.name, model_version=registered.version, content_hash=registered.content_hash,
+            entry=entry_for(spec.endpoint_name, spec.name, generation), generation=generation,
+            instance_type=spec.instance_type, instance_count=spec.instance_count,
+            description=spec.description, tags=spec.tags, ignored_keys=spec.ignored_keys,
+            max_concurrent_requests=settings.max_concurrent_requests_per_instance if settings else None,
+            request_timeout_seconds=(settings.request_timeout_ms / 1000
+                                     if settings and settings.request_timeout_ms else None),
+            created=previous.created if previous else datetime.now(UTC),
+        )
+        await asyncio.to_thread(
+            build_entry, package, self.gateway.settings.deployments_repository,
+            entry=record.entry, version=registered.version, content_hash=registered.content_hash,
+        )
+        placement = await self.gateway.place(record)
+        record.nodes = [n.name for n in placement.nodes]
+        record.state, record.reason = placement.state, placement.reason
+        if placement.state != "ready":
+            await self._discard_entry(record.entry, placement)
+            if previous is None:
+                self.gateway.placements[(record.endpoint, record.name)] = placement
+                with self.state.transaction() as db:
+                    self.state.put_deployment(db, record)
+                    self.state.record_history(db, record.endpoint, "deployment-failed",
+                                              {"deployment": record.name, "reason": record.reason})
+                self.gateway.rebuild_routes()
+            log_tail = self.gateway.node_log(record.entry, placement.nodes or tuple(self.gateway.nodes.values()), 30)
+            raise DeploymentFailed(
+                f"deployment {record.name!r} failed: {placement.reason}"
+                + ("" if previous is None else f"; generation {previous.generation} keeps serving"),
+                details={"log_tail": log_tail} if log_tail else None,
+            )
+        old = self.gateway.placements.get((record.endpoint, record.name))
+        self.gateway.placements[(record.endpoint, record.name)] = placement
+        with self.state.transaction() as db:
+            self.state.put_deployment(db, record)
+            if all_traffic:
+                endpoint.traffic = {d.name: 0 for d in self.state.deployments(endpoint.name)} | {record.name: 100}
+                endpoint.mirror_traffic.pop(record.name, None)
+                self.state.put_endpoint(db, endpoint)
+            self.state.record_history(db, record.endpoint, "deploy", {
+                "deployment": record.name, "model": f"{record.model_name}:{record.model_version}",
+                "generation": generation, "all_traffic": all_traffic,
+            })
+        self.gateway.rebuild_routes()
+        if old is not None and old.entry != record.entry:
+            await self._retire_placement(old)
+        return self.deployment_view(record)
+
+    async def _discard_entry(self, entry: str, placement: Placement) -> None:
+        await self.gateway.unload_entry(entry, placement.nodes)
+        await asyncio.to_thread(shutil.rmtree, self.gateway.settings.deployments_repository / entry, True)
+
+    async def _retire_placement(self, placement: Placement) -> None:
+        """Drain an entry that no longer takes new requests, then unload and remove it."""
+        await self.dataplane.drain(placement.entry)
+        await self._discard_entry(placement.entry, placement)
+
+    async def _retire(self, endpoint: str, name: str, placement: Placement | None) -> None:
+        if placement is not None:
+            await self._retire_placement(placement)
+
+    async def delete_deployment(self, endpoint: str, name: str) -> None:
+        async with self.gateway.control_lock:
+            record = self._deployment(endpoint, name)
+            endpoint_record = self._endpoint(endpoint)
+            if endpoint_record.traffic.get(name, 0) > 0:
+                raise Conflict(f"deployment {name!r} takes {endpoint_record.traffic[name]}% of traffic; "
+                               "shift its traffic to 0 before deleting it")
+            if endpoint_record.mirror_traffic.get(name, 0) > 0:
+                raise Conflict(f"deployment {name!r} receives mirror traffic; set it to 0 before deleting it")
+            with self.state.transaction() as db:
+                endpoint_record.traffic.pop(name, None)
+                self.state.put_endpoint(db, endpoint_record)
+                self.state.delete_deployment(db, endpoint, name)
+                self.state.record_history(db, endpoint, "delete-deployment", {"deployment": name})
+            self.gateway.rebuild_routes()
+            await self._retire(endpoint, record.name, self.gateway.placements.pop((endpoint, name), None))
+
+    def logs(self, endpoint: str, name: str, lines: int) -> str:
+        record = self._deployment(endpoint, name)
+        placement = self.gateway.placements.get((endpoint, name))
+        nodes = placement.nodes if placement and placement.nodes else tuple(self.gateway.nodes.values())
+        return self.gateway.node_log(record.entry, nodes, lines)

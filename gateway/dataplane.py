@@ -1,0 +1,155 @@
+"""The data plane, free of any transport: pick the deployment or model version, call its node, count.
+
+REST routes and the gRPC service only translate to and from these calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.auth import check_endpoint_access
+from gateway.core import Gateway
+from gateway.nodes import Node
+from gateway.routing import EndpointRoute, Served, Target
+from turnout.errors import BadInput, Overloaded, ScoringTimeout, TurnoutError, Unauthorized
+from turnout.scoring.request import ScoringResult
+
+log = logging.getLogger("turnout.gateway.dataplane")
+MAX_PENDING_MIRRORS = 256
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """Where one request goes: the target, and the names the response and the metrics report."""
+
+    target: Target
+    served: Served
+    kind: str  # "endpoint" or "model"
+    name: str  # endpoint or model name
+    deployment: str  # deployment name, or the model version as text
+    mirror: str | None = None  # deployment to copy this request to
+
+
+class DataPlane:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.metrics = gateway.metrics
+        self._rng = random.Random()
+        self._inflight: defaultdict[str, int] = defaultdict(int)
+        self._mirrors: set[asyncio.Task[None]] = set()
+
+    # --- resolution ---
+    def check_model_access(self, presented: str | None) -> None:
+        if not self.gateway.settings.allow_anonymous and not self.gateway.credentials.is_admin(presented):
+            raise Unauthorized("model URLs need 'Authorization: Bearer <admin key>' (or a gateway in dev mode)")
+
+    def resolve_model(self, name: str, version: int | None, presented: str | None, *, v2: bool = False) -> Resolved:
+        self.check_model_access(presented)
+        number, served = self.gateway.routes.model(name, version)
+        if served.kind == "triton" and not v2:
+            raise BadInput(f"model {name!r} is a plain Triton model: call it at /v2/models/{name}/infer")
+        target = served.ready_target(f"model {name!r} version {number}")
+        return Resolved(target, served, "model", name, str(number))
+
+    def resolve_endpoint(self, name: str, pinned: str | None, presented: str | None) -> Resolved:
+        route = self.gateway.routes.endpoint(name)
+        check_endpoint_access(self.gateway.credentials, name, route.auth_mode, route.key_hashes, presented)
+        if pinned:
+            served = route.deployment(pinned)
+            return Resolved(served.ready_target(f"deployment {pinned!r}"), served, "endpoint", name, pinned)
+        deployment = route.choose(self._rng)
+        served = route.deployments[deployment]
+        target = served.ready_target(f"deployment {deployment!r}")
+        return Resolved(target, served, "endpoint", name, deployment, self._mirror_for(route))
+
+    def _mirror_for(self, route: EndpointRoute) -> str | None:
+        if route.mirror is None:
+            return None
+        deployment, percent = route.mirror
+        return deployment if self._rng.random() * 100 < percent else None
+
+    # --- scoring ---
+    async def score(self, resolved: Resolved, body: bytes, meta: bytes) -> ScoringResult:
+        if resolved.mirror is not None:
+            self._start_mirror(resolved, body, meta)
+        return await self._call(resolved, body, meta)
+
+    async def _call(self, resolved: Resolved, body: bytes, meta: bytes) -> ScoringResult:
+        result = await self.guarded(resolved, lambda node: node.score(resolved.target.entry, body, meta))
+        return result  # type: ignore[no-any-return]
+
+    async def forward(self, resolved: Resolved, method: str, suffix: str, body: bytes,
+                      headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+        """An Open Inference Protocol call passed through to the resolved entry (``suffix``: "/infer")."""
+        path = f"/v2/models/{resolved.target.entry}{suffix}"
+        answer = await self.guarded(resolved, lambda node: node.forward(method, path, body, headers))
+        return answer  # type: ignore[no-any-return]
+
+    async def guarded(self, resolved: Resolved, call: Callable[[Node], Awaitable[Any]]) -> Any:
+        """Bound in-flight requests, bound time, count the outcome."""
+        key = resolved.target.entry  # per entry: a deployment's old and new generation drain separately
+        limit = resolved.served.max_inflight or self.gateway.settings.max_inflight_per_deployment
+        if self._inflight[key] >= limit:
+            self.metrics.observe(resolved.kind, resolved.name, resolved.deployment, 429, 0.0)
+            raise Overloaded(f"{resolved.kind} {resolved.name!r} has {limit} requests in flight; retry shortly")
+        self._inflight[key] += 1
+        started = time.perf_counter()
+        code = 500
+        try:
+            pending = call(resolved.target.pick())
+            timeout = resolved.served.timeout
+            answer = await (asyncio.wait_for(pending, timeout) if timeout else pending)
+            code = answer.status if isinstance(answer, ScoringResult) else answer[0] if isinstance(answer, tuple) else 200
+            return answer
+        except TurnoutError as exc:
+            code = int(exc.status)
+            raise
+        except asyncio.TimeoutError:
+            code = 504
+            raise ScoringTimeout(f"{resolved.kind} {resolved.name!r} did not answer in time") from None
+        finally:
+            self._inflight[key] -= 1
+            self.metrics.observe(resolved.kind, resolved.name, resolved.deployment, code,
+                                 time.perf_counter() - started)
+
+    def _start_mirror(self, resolved: Resolved, body: bytes, meta: bytes) -> None:
+        deployment = resolved.mirror or ""
+        if len(self._mirrors) >= MAX_PENDING_MIRRORS:
+            self.metrics.mirror.labels(resolved.name, deployment, "dropped").inc()
+            return
+        task = asyncio.create_task(self._mirror(resolved.name, deployment, body, meta))
+        self._mirrors.add(task)
+        task.add_done_callback(self._mirrors.discard)
+
+    async def _mirror(self, endpoint: str, deployment: str, body: bytes, meta: bytes) -> None:
+        """A copy of a live request; its answer and errors are counted and dropped, never returned."""
+        try:
+            served = self.gateway.routes.endpoint(endpoint).deployment(deployment)
+            mirrored = Resolved(served.ready_target(f"deployment {deployment!r}"), served, "endpoint", endpoint,
+                                deployment)
+            result = await self._call(mirrored, body, meta)
+            outcome = "ok" if result.status < 400 else "error"
+        except TurnoutError:
+            outcome = "error"
+        except Exception:  # a mirror must never surface anything
+            log.exception("mirror request to %s/%s failed", endpoint, deployment)
+            outcome = "error"
+        self.metrics.mirror.labels(endpoint, deployment, outcome).inc()
+
+    async def drain(self, entry: str, timeout: float = 30.0) -> None:
+        """Wait until an entry has no request in flight (bounded), before it is unloaded."""
+        deadline = time.monotonic() + timeout
+        while self._inflight.get(entry, 0) > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
+    async def close(self) -> None:
+        for task in list(self._mirrors):
+            task.cancel()
+        await asyncio.gather(*self._mirrors, return_exceptions=True)

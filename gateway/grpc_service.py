@@ -1,0 +1,150 @@
+"""The Open Inference Protocol over gRPC (Triton's ``GRPCInferenceService``), over the same data plane.
+
+``model_name`` is an endpoint (routed by its weights) or a model; a deployment is pinned by the
+``azureml-model-deployment`` metadata key or request parameter. Requests are forwarded to the node's own
+gRPC service with the entry's name, so tensors are never decoded here."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+from gateway.auth import bearer
+from gateway.dataplane import DataPlane, Resolved
+from gateway.nodes import Node
+from turnout.errors import GRPC_CODE_FOR_STATUS, NodeUnreachable, TurnoutError, from_wire
+
+log = logging.getLogger("turnout.gateway.grpc")
+PIN = "azureml-model-deployment"
+
+
+class _Stubs:
+    """One channel and stub per node, made on first use and closed with the server."""
+
+    def __init__(self) -> None:
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._stubs: dict[str, pb_grpc.GRPCInferenceServiceStub] = {}
+
+    def stub(self, node: Node) -> pb_grpc.GRPCInferenceServiceStub:
+        if node.name not in self._stubs:
+            if not node.spec.grpc_url:
+                raise NodeUnreachable(f"node {node.name} has no grpc_url in the nodes file")
+            options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+            channel = grpc.aio.insecure_channel(node.spec.grpc_url, options=options)
+            self._channels[node.name] = channel
+            self._stubs[node.name] = pb_grpc.GRPCInferenceServiceStub(channel)
+        return self._stubs[node.name]
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: TurnoutError) -> None:
+    code = getattr(grpc.StatusCode, GRPC_CODE_FOR_STATUS.get(int(exc.status), "INTERNAL"))
+    await context.abort(code, exc.message)
+
+
+class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dataplane = dataplane
+        self.stubs = _Stubs()
+
+    def _resolve(self, name: str, version: str, context: grpc.aio.ServicerContext,
+                 parameters: Any = None) -> Resolved:
+        metadata = {k.lower(): v for k, v in (context.invocation_metadata() or ())}
+        credential = bearer(metadata.get("authorization"))
+        if name in self.dataplane.gateway.routes.endpoints:
+            pinned = metadata.get(PIN)
+            if parameters is not None and PIN in parameters:
+                pinned = parameters[PIN].string_param
+            return self.dataplane.resolve_endpoint(name, pinned or None, credential)
+        return self.dataplane.resolve_model(name, int(version) if version else None, credential, v2=True)
+
+    async def _forward(self, resolved: Resolved, method: str, request: Any) -> Any:
+        async def call(node: Node) -> Any:
+            try:
+                return await getattr(self.stubs.stub(node), method)(request)
+            except grpc.aio.AioRpcError as exc:
+                ours = from_wire(exc.details() or "")
+                if ours is not None:
+                    raise ours from None
+                if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                    raise NodeUnreachable(f"node {node.name} is unreachable over gRPC") from None
+                raise _Passthrough(exc.code(), exc.details() or "") from None
+
+        return await self.dataplane.guarded(resolved, call)
+
+    async def _routed(self, context: grpc.aio.ServicerContext, request: Any, method: str, name_field: str,
+                      version_field: str, parameters: Any = None) -> Any:
+        """Resolve the caller's name, forward under the entry's name, answer under the caller's name."""
+        name = getattr(request, name_field)
+        try:
+            resolved = self._resolve(name, getattr(request, version_field), context, parameters)
+            setattr(request, name_field, resolved.target.entry)
+            setattr(request, version_field, "")
+            response = await self._forward(resolved, method, request)
+        except TurnoutError as exc:
+            return await _abort(context, exc)
+        except _Passthrough as exc:
+            return await context.abort(exc.code, exc.details)
+        setattr(response, name_field, name)
+        if resolved.kind == "endpoint":
+            await context.send_initial_metadata(((PIN, resolved.deployment),))
+        return response
+
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> Any:
+        return await self._routed(context, request, "ModelInfer", "model_name", "model_version", request.parameters)
+
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext) -> Any:
+        return await self._routed(context, request, "ModelMetadata", "name", "version")
+
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            self._resolve(request.name, request.version, context)
+            return pb.ModelReadyResponse(ready=True)
+        except TurnoutError:
+            return pb.ModelReadyResponse(ready=False)
+
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext) -> Any:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext) -> Any:
+        gateway = self.dataplane.gateway
+        return pb.ServerReadyResponse(ready=gateway.ready and any(n.healthy for n in gateway.nodes.values()))
+
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext) -> Any:
+        return pb.ServerMetadataResponse(name="turnout", version="0.1.0", extensions=["binary_tensor_data"])
+
+
+@dataclass
+class _Passthrough(Exception):
+    code: grpc.StatusCode
+    details: str
+
+
+@dataclass
+class GrpcServer:
+    server: grpc.aio.Server
+    service: InferenceService
+    port: int
+
+    async def stop(self) -> None:
+        await self.server.stop(grace=5)
+        await self.service.stubs.close()
+
+
+async def start_grpc_server(dataplane: DataPlane, host: str, port: int) -> GrpcServer:
+    options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+    server = grpc.aio.server(options=options)
+    service = InferenceService(dataplane)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(service, server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    await server.start()
+    log.info("gRPC inference service on %s:%d", host, bound)
+    return GrpcServer(server, service, bound)

@@ -1,0 +1,37 @@
+"""Prometheus metrics, in a registry of the app's own (tests build many apps; none share counters).
+
+Triton counts a request that failed inside our backend as a success, so the gateway keeps its own."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "turnout_requests", "Scoring requests answered, by target and status code.",
+            ["kind", "target", "deployment", "code"], registry=self.registry,
+        )
+        self.latency = Histogram(
+            "turnout_request_duration_seconds", "Time from request received to answer, by target.",
+            ["kind", "target", "deployment"], buckets=_LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.mirror = Counter(
+            "turnout_mirror_requests", "Mirrored copies of live requests, by outcome.",
+            ["endpoint", "deployment", "outcome"], registry=self.registry,
+        )
+        self.node_up = Gauge("turnout_node_up", "1 when the Triton node answers its health check.",
+                             ["node", "pool"], registry=self.registry)
+        self.inflight = Gauge("turnout_inflight_requests", "Requests in flight per deployment.",
+                              ["endpoint", "deployment"], registry=self.registry)
+
+    def observe(self, kind: str, target: str, deployment: str, code: int, seconds: float) -> None:
+        self.requests.labels(kind, target, deployment, str(code)).inc()
+        self.latency.labels(kind, target, deployment).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,175 @@
+"""Triton nodes and pools: where entries are loaded and requests are sent.
+
+A node is one Triton server (the embedded one, or one listed in ``nodes.yaml``); a pool is the set of
+nodes sharing a label such as ``cpu`` or ``gpu``. Each node keeps one pooled asyncio HTTP session, so the
+hot path builds nothing per request and Triton's batcher sees concurrent requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from gateway.triton_http import HEADER_LENGTH, decode_response, encode_request
+from packager.spec import kind_for_instance_type, read_yaml
+from turnout.errors import (
+    NodeUnreachable, NotReady, PackageError, ScoringTimeout, ScriptLoadError, TurnoutError, from_wire,
+)
+from turnout.scoring.request import ScoringResult
+from turnout.triton.config import InstanceKind
+
+log = logging.getLogger("turnout.gateway.nodes")
+
+
+class NodeSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Unique node name.")
+    url: str = Field(description="Triton's HTTP URL, e.g. http://10.0.0.5:8000.")
+    grpc_url: str | None = Field(default=None, description="Triton's gRPC address host:port (for gRPC clients).")
+    pool: str = Field(default="cpu", description="Pool label that instance types map to (cpu, gpu, ...).")
+    kind: InstanceKind | None = Field(default=None, description="Instance kind of entries here [default: by pool].")
+    capacity: int = Field(default=64, ge=1, description="Most deployments placed on this node.")
+    log_dir: Path | None = Field(default=None, description="Where this node's backend writes entry logs.")
+
+    @property
+    def instance_kind(self) -> InstanceKind:
+        return self.kind or (InstanceKind.gpu if self.pool.lower().startswith("gpu") else InstanceKind.cpu)
+
+
+class NodesFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    nodes: list[NodeSpec] = Field(min_length=1)
+
+
+def load_nodes_file(path: Path) -> list[NodeSpec]:
+    try:
+        specs = NodesFile.model_validate(read_yaml(path)).nodes
+    except ValidationError as exc:
+        raise PackageError(f"{path}: {exc}") from None
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise PackageError(f"{path}: node names must be unique, got {names}")
+    return specs
+
+
+def pool_for_instance_type(instance_type: str | None, overrides: dict[str, str], default: str) -> str:
+    if not instance_type:
+        return default
+    if instance_type in overrides:
+        return overrides[instance_type]
+    # Azure VM sizes: the N-series carry GPUs, everything else is CPU.
+    return kind_for_instance_type(instance_type).value
+
+
+_NOT_LOADED = ("unknown model", "is not found", "is not ready", "no version is available", "unavailable")
+
+
+def _triton_failure(status: int, text: str, node: str) -> TurnoutError:
+    ours = from_wire(text)
+    if ours is not None:
+        return ours
+    lowered = text.lower()
+    if "stub process" in lowered and "not healthy" in lowered:
+        return NotReady("the model's process crashed; it must be reloaded", details={"node": node})
+    if any(marker in lowered for marker in _NOT_LOADED):
+        return NotReady("the model is not loaded on its node", details={"node": node})
+    log.error("node %s answered %s: %s", node, status, text[:2000])
+    return TurnoutError("the inference server failed the request")
+
+
+class Node:
+    def __init__(self, spec: NodeSpec, timeout: float) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.url = spec.url.rstrip("/")
+        self.healthy = True
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            # One pooled session per node; identity encoding: Triton gzips answers for clients that offer it.
+            connector = aiohttp.TCPConnector(limit=256, keepalive_timeout=30)
+            self._session = aiohttp.ClientSession(
+                base_url=self.url, connector=connector, timeout=self._timeout,
+                headers={"Accept-Encoding": "identity"}, skip_auto_headers=("User-Agent",),
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _call(self, method: str, path: str, **kwargs: Any) -> tuple[int, dict[str, str], bytes]:
+        try:
+            async with self.session.request(method, path, **kwargs) as response:
+                return response.status, dict(response.headers), await response.read()
+        except asyncio.TimeoutError:
+            raise ScoringTimeout(f"node {self.name} did not answer within {self._timeout.total:g} s") from None
+        except aiohttp.ClientError as exc:
+            self.healthy = False
+            raise NodeUnreachable(f"node {self.name} is unreachable", details={"node": self.name}) from exc
+
+    async def score(self, entry: str, body: bytes, meta: bytes) -> ScoringResult:
+        payload, header_length = encode_request(body, meta)
+        status, headers, data = await self._call(
+            "POST", f"/v2/models/{entry}/infer", data=payload,
+            headers={HEADER_LENGTH: str(header_length), "Content-Type": "application/octet-stream"},
+        )
+        if status != 200:
+            raise _triton_failure(status, _error_text(data), self.name)
+        length = headers.get(HEADER_LENGTH)
+        return decode_response(data, int(length) if length is not None else None)
+
+    async def forward(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+        """Pass an Open Inference Protocol request through untouched (the path names the entry)."""
+        return await self._call(method, path, data=body or None, headers=headers)
+
+    async def load(self, entry: str, config: dict[str, Any] | None = None) -> None:
+        body = {"parameters": {"config": orjson.dumps(config).decode()}} if config else {}
+        status, _, data = await self._call("POST", f"/v2/repository/models/{entry}/load", json=body,
+                                           timeout=aiohttp.ClientTimeout(total=900))
+        if status != 200:
+            raise ScriptLoadError(_error_text(data), details={"node": self.name})
+
+    async def unload(self, entry: str) -> None:
+        status, _, data = await self._call("POST", f"/v2/repository/models/{entry}/unload", json={})
+        if status != 200:
+            log.warning("node %s could not unload %s: %s", self.name, entry, _error_text(data))
+
+    async def is_ready(self, entry: str) -> bool:
+        status, _, _ = await self._call("GET", f"/v2/models/{entry}/ready")
+        return status == 200
+
+    async def check_health(self) -> bool:
+        try:
+            status, _, _ = await self._call("GET", "/v2/health/live", timeout=aiohttp.ClientTimeout(total=3))
+            self.healthy = status == 200
+        except TurnoutError:
+            self.healthy = False
+        return self.healthy
+
+    def entry_log(self, entry: str, lines: int = 200) -> str | None:
+        if self.spec.log_dir is None:
+            return None
+        path = self.spec.log_dir / f"{entry}.log"
+        try:
+            return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def _error_text(data: bytes) -> str:
+    try:
+        return str(orjson.loads(data).get("error", data.decode("utf-8", "replace")))
+    except (orjson.JSONDecodeError, AttributeError):
+        return data.decode("utf-8", "replace")

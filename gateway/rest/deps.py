@@ -1,0 +1,81 @@
+"""Request-scoped helpers shared by the routers: the planes, the caller's credential, the body."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import orjson
+from fastapi import Depends, Request, Response
+
+from gateway.auth import bearer
+from gateway.controlplane import ControlPlane
+from gateway.dataplane import DataPlane
+from turnout.errors import PayloadTooLarge, Unauthorized
+
+REQUEST_ID_KEY = "turnout.request_id"
+DEPLOYMENT_HEADER = "azureml-model-deployment"
+# Never forwarded to scoring scripts: credentials and hop-by-hop headers.
+_NOT_FORWARDED = frozenset({
+    "authorization", "cookie", "content-length", "connection", "keep-alive", "transfer-encoding", "host",
+    "accept-encoding", "te", "upgrade", "proxy-authorization",
+})
+
+
+class JSONBody(Response):
+    """JSON rendered by orjson; for bodies built by hand (errors, health) rather than response models."""
+
+    media_type = "application/json"
+
+    def render(self, content: object) -> bytes:
+        return orjson.dumps(content)
+
+
+def get_dataplane(request: Request) -> DataPlane:
+    return request.app.state.dataplane  # type: ignore[no-any-return]
+
+
+def get_controlplane(request: Request) -> ControlPlane:
+    return request.app.state.controlplane  # type: ignore[no-any-return]
+
+
+def presented_credential(request: Request) -> str | None:
+    return bearer(request.headers.get("authorization"))
+
+
+def require_admin(request: Request) -> None:
+    if not get_dataplane(request).gateway.credentials.is_admin(presented_credential(request)):
+        raise Unauthorized("the control plane needs 'Authorization: Bearer <admin key>'")
+
+
+Data = Annotated[DataPlane, Depends(get_dataplane)]
+Control = Annotated[ControlPlane, Depends(get_controlplane)]
+Credential = Annotated[str | None, Depends(presented_credential)]
+Admin = Depends(require_admin)
+
+
+def request_id(request: Request) -> str:
+    return str(request.scope.get(REQUEST_ID_KEY, ""))
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"the request body is {declared} bytes; the limit is {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"the request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _title(name: str) -> str:
+    return "-".join(part.capitalize() for part in name.split("-"))
+
+
+def request_meta(request: Request) -> bytes:
+    """The HTTP facts a scoring script may read (Azure's request_headers, @rawhttp), as the backend wants."""
+    headers = {_title(k): v for k, v in request.headers.items() if k not in _NOT_FORWARDED}
+    headers["X-Request-Id"] = request_id(request)
+    return orjson.dumps({"method": request.method, "path": "/score", "query": request.url.query, "headers": headers})

@@ -1,0 +1,75 @@
+"""The Open Inference Protocol (KServe v2) over REST. ``{name}`` is an endpoint (routed by its traffic
+weights; the ``azureml-model-deployment`` header pins a deployment) or a model. Bodies pass through to
+Triton untouched, binary tensor extension included, so tritonclient works against the gateway."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request, Response
+
+from gateway.dataplane import Resolved
+from gateway.rest.deps import DEPLOYMENT_HEADER, Credential, Data, read_body
+from gateway.triton_http import HEADER_LENGTH
+
+router = APIRouter(prefix="/v2", tags=["open inference protocol"])
+_PASSED_REQUEST = ("content-type", "content-encoding", HEADER_LENGTH.lower())
+_PASSED_RESPONSE = ("content-type", "content-encoding", HEADER_LENGTH.lower())
+
+
+def _resolve(dataplane: Data, name: str, version: int | None, request: Request, credential: str | None) -> Resolved:
+    if name in dataplane.gateway.routes.endpoints:
+        return dataplane.resolve_endpoint(name, request.headers.get(DEPLOYMENT_HEADER), credential)
+    return dataplane.resolve_model(name, version, credential, v2=True)
+
+
+async def _forward(dataplane: Data, resolved: Resolved, request: Request, suffix: str, public_name: str) -> Response:
+    body = await read_body(request, dataplane.gateway.settings.max_body_bytes) if request.method == "POST" else b""
+    headers = {k: v for k, v in request.headers.items() if k in _PASSED_REQUEST}
+    status, upstream_headers, data = await dataplane.forward(resolved, request.method, suffix, body, headers)
+    passed = {k: v for k, v in upstream_headers.items() if k.lower() in _PASSED_RESPONSE}
+    if resolved.kind == "endpoint":
+        passed[DEPLOYMENT_HEADER] = resolved.deployment
+    if suffix == "" and status == 200:  # metadata: name the model as the caller did
+        meta = orjson.loads(data)
+        meta["name"] = public_name
+        data = orjson.dumps(meta)
+    return Response(data, status_code=status, headers=passed)
+
+
+@router.get("")
+async def server_metadata() -> dict[str, Any]:
+    return {"name": "turnout", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
+
+
+@router.get("/health/live")
+async def live() -> dict[str, bool]:
+    return {"live": True}
+
+
+@router.get("/health/ready")
+async def ready(dataplane: Data) -> Response:
+    ok = dataplane.gateway.ready and any(n.healthy for n in dataplane.gateway.nodes.values())
+    return Response(status_code=200 if ok else 503)
+
+
+@router.get("/models/{name}")
+@router.get("/models/{name}/versions/{version}")
+async def model_metadata(name: str, request: Request, dataplane: Data, credential: Credential,
+                         version: int | None = None) -> Response:
+    return await _forward(dataplane, _resolve(dataplane, name, version, request, credential), request, "", name)
+
+
+@router.get("/models/{name}/ready")
+@router.get("/models/{name}/versions/{version}/ready")
+async def model_ready(name: str, request: Request, dataplane: Data, credential: Credential,
+                      version: int | None = None) -> Response:
+    return await _forward(dataplane, _resolve(dataplane, name, version, request, credential), request, "/ready", name)
+
+
+@router.post("/models/{name}/infer")
+@router.post("/models/{name}/versions/{version}/infer")
+async def infer(name: str, request: Request, dataplane: Data, credential: Credential,
+                version: int | None = None) -> Response:
+    return await _forward(dataplane, _resolve(dataplane, name, version, request, credential), request, "/infer", name)

@@ -1,0 +1,85 @@
+"""The control plane's request bodies. Azure ML CLI v2 endpoint YAML maps onto :class:`EndpointSpec`;
+deployment YAML is resolved by the CLI into a package archive plus :class:`DeploymentSpec`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from packager.spec import check_name
+
+# Keys of Azure's endpoint YAML that Turnout accepts but does not act on.
+AZURE_ENDPOINT_IGNORED = frozenset({
+    "$schema", "identity", "public_network_access", "kind", "properties", "compute", "location", "id",
+    "provisioning_state", "scoring_uri", "openapi_uri", "mirror_traffic_enabled",
+})
+
+
+class EndpointSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    auth_mode: str = Field(default="key", description="key, aml_token, or none (gateways in dev mode only).")
+    description: str = ""
+    tags: dict[str, str] = Field(default_factory=dict)
+    traffic: dict[str, int] = Field(default_factory=dict)
+    mirror_traffic: dict[str, int] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return check_name(value, "endpoint name")
+
+
+class EndpointUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    traffic: dict[str, int] | None = Field(default=None, description="Replaces the whole traffic map.")
+    mirror_traffic: dict[str, int] | None = Field(default=None, description="Replaces the mirror map.")
+    description: str | None = None
+    tags: dict[str, str] | None = None
+
+
+class RequestSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    request_timeout_ms: int | None = Field(default=None, gt=0)
+    max_concurrent_requests_per_instance: int | None = Field(default=None, gt=0)
+    max_queue_wait_ms: int | None = None
+
+
+class DeploymentSpec(BaseModel):
+    """``deployment.json`` inside an uploaded deployment archive."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    endpoint_name: str
+    instance_type: str | None = None
+    instance_count: int = Field(default=1, ge=1)
+    description: str = ""
+    tags: dict[str, str] = Field(default_factory=dict)
+    request_settings: RequestSettings | None = None
+    ignored_keys: list[str] = Field(default_factory=list)
+
+    @field_validator("name", "endpoint_name")
+    @classmethod
+    def _names(cls, value: str) -> str:
+        return check_name(value, "deployment or endpoint name")
+
+
+class PackageHeader(BaseModel):
+    """``package.json`` inside an uploaded deployment archive: the staged package's identity."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    name: str
+    spec: dict[str, Any]
+    model_name: str | None = None
+    source: str = ""
+
+
+class RegenerateKeys(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    key_type: str = Field(default="primary", pattern="^(primary|secondary)$")

@@ -1,0 +1,40 @@
+"""Gateway settings: one pydantic model, built once by the CLI (or a test) and handed to create_app()."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class GatewaySettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    repository: Path = Field(default=Path("model_repository"), description="Model repository of dropped/built models.")
+    state_dir: Path = Field(default=Path(".turnout/gateway"), description="SQLite state, keys, deployment entries.")
+    host: str = Field(default="127.0.0.1", description="Address the gateway listens on.")
+    port: int = Field(default=8080, ge=0, le=65535, description="HTTP port (0: a free one).")
+    grpc_port: int | None = Field(default=None, ge=0, le=65535, description="gRPC port; None disables gRPC.")
+    nodes_file: Path | None = Field(default=None, description="Triton nodes; None starts an embedded Triton.")
+    admin_key: str | None = Field(default=None, description="Admin credential; else read/created in state_dir.")
+    allow_anonymous: bool = Field(
+        default=False, description="Local development: model URLs need no key, endpoints may use auth_mode none."
+    )
+    max_body_bytes: int = Field(default=100 * 1024 * 1024, gt=0, description="Largest request body (413 above).")
+    upstream_timeout_seconds: float = Field(default=120.0, gt=0, description="Bound on one call to Triton (504).")
+    max_inflight_per_deployment: int = Field(default=512, gt=0, description="Concurrent requests before 429.")
+    token_ttl_seconds: int = Field(default=3600, gt=0, description="Lifetime of aml_token tokens.")
+    health_interval_seconds: float = Field(default=5.0, gt=0, description="Node health check period.")
+    default_pool: str = Field(default="cpu", description="Pool that serves repository models.")
+    instance_type_pools: dict[str, str] = Field(
+        default_factory=dict, description="Extra instance_type -> pool mappings (override the built-in table)."
+    )
+
+    @property
+    def deployments_repository(self) -> Path:
+        """Gateway-owned entries (one per deployment generation), a second Triton repository."""
+        return self.state_dir / "deployments"
+
+    @property
+    def database(self) -> Path:
+        return self.state_dir / "state.sqlite3"
