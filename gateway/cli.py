@@ -82,6 +82,8 @@ def serve(
     nodes: Annotated[Path | None, typer.Option(help="nodes.yaml; without it an embedded Triton starts.")] = None,
     admin_key: AdminKey = None,
     allow_anonymous: Annotated[bool, typer.Option(help="Dev mode: model URLs need no key.")] = False,
+    token_ttl_seconds: Annotated[int, typer.Option(help="Lifetime of aml_token tokens.")] = 3600,
+    max_body_bytes: Annotated[int, typer.Option(help="Largest request body (413 above).")] = 100 * 1024 * 1024,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
 ) -> None:
     """Run the gateway (and, without --nodes, an embedded Triton on the repository)."""
@@ -93,7 +95,8 @@ def serve(
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = GatewaySettings(
         repository=repository, state_dir=state, host=host, port=port, grpc_port=grpc_port, nodes_file=nodes,
-        admin_key=admin_key, allow_anonymous=allow_anonymous,
+        admin_key=admin_key, allow_anonymous=allow_anonymous, token_ttl_seconds=token_ttl_seconds,
+        max_body_bytes=max_body_bytes,
     )
     typer.echo(f"Turnout gateway on http://{host}:{port} (repository {repository}, state {state})")
     typer.echo(f"admin key: {state / 'admin.key'}" if admin_key is None else "admin key: from --admin-key")

@@ -19,7 +19,8 @@ from gateway.core import Gateway, Placement, entry_for
 from gateway.dataplane import DataPlane
 from gateway.schemas import DeploymentSpec, EndpointSpec, EndpointUpdate, PackageHeader
 from gateway.state import DeploymentRecord, EndpointRecord
-from packager.build import build_entry
+from packager.build import TRITON_VERSION, build_entry
+from packager.openapi import build_document, script_schemas
 from packager.sources import StagedPackage, safe_extract
 from packager.spec import PackageSpec
 from turnout.errors import BadInput, Conflict, DeploymentFailed, NotFound
@@ -272,6 +273,8 @@ class ControlPlane:
             build_entry, package, self.gateway.settings.deployments_repository,
             entry=record.entry, version=registered.version, content_hash=registered.content_hash,
         )
+        entry_dir = self.gateway.settings.deployments_repository / record.entry
+        record.schemas = await asyncio.to_thread(script_schemas, entry_dir / TRITON_VERSION)
         placement = await self.gateway.place(record)
         record.nodes = [n.name for n in placement.nodes]
         record.state, record.reason = placement.state, placement.reason
@@ -336,6 +339,19 @@ class ControlPlane:
                 self.state.record_history(db, endpoint, "delete-deployment", {"deployment": name})
             self.gateway.rebuild_routes()
             await self._retire(endpoint, record.name, self.gateway.placements.pop((endpoint, name), None))
+
+    def openapi(self, endpoint: str, deployment: str | None) -> dict[str, Any]:
+        """The scoring URL's OpenAPI document, from the deployment taking the most traffic (or the one named)."""
+        record = self._endpoint(endpoint)
+        deployments = {d.name: d for d in self.state.deployments(endpoint)}
+        if not deployments:
+            raise NotFound(f"endpoint {endpoint!r} has no deployments yet")
+        name = deployment or max(deployments, key=lambda d: (record.traffic.get(d, 0), d))
+        chosen = deployments.get(name) or self._deployment(endpoint, name)
+        version_dir = self.gateway.settings.deployments_repository / chosen.entry / TRITON_VERSION
+        if not version_dir.is_dir():
+            raise NotFound(f"deployment {name!r} has no built entry (state {chosen.state})")
+        return build_document(f"{endpoint} ({name})", f"/endpoints/{endpoint}/score", version_dir, chosen.schemas)
 
     def logs(self, endpoint: str, name: str, lines: int) -> str:
         record = self._deployment(endpoint, name)

@@ -78,6 +78,7 @@ class DeploymentRecord(BaseModel):
     max_concurrent_requests: int | None = None
     request_timeout_seconds: float | None = None
     ignored_keys: list[str] = Field(default_factory=list)
+    schemas: dict[str, Any] = Field(default_factory=dict, description="run()'s inference-schema, if any")
     created: datetime = Field(default_factory=now)
     updated: datetime = Field(default_factory=now)
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request, Response
 
 from gateway.auth import check_endpoint_access
 from gateway.dataplane import Resolved
-from gateway.rest.deps import DEPLOYMENT_HEADER, Credential, Data, read_body, request_meta
+from gateway.rest.deps import DEPLOYMENT_HEADER, Control, Credential, Data, read_body, request_meta
 
 router = APIRouter(tags=["scoring"])
 
@@ -46,11 +46,11 @@ async def score_model_version(
 
 
 @router.post("/endpoints/{endpoint}/token", summary="Exchange an endpoint key for an expiring token")
-async def endpoint_token(endpoint: str, dataplane: Data, credential: Credential, request: Request) -> dict[str, Any]:
+async def endpoint_token(endpoint: str, dataplane: Data, control: Control, credential: Credential) -> dict[str, Any]:
     route = dataplane.gateway.routes.endpoint(endpoint)
     # A key of this endpoint (or the admin key) may mint tokens, whatever the endpoint's auth mode.
     check_endpoint_access(dataplane.gateway.credentials, endpoint, "key", route.key_hashes, credential)
-    return request.app.state.controlplane.token(endpoint)  # type: ignore[no-any-return]
+    return control.token(endpoint)
 
 
 @router.get("/models", summary="Every model in the repository, with its state")
@@ -66,3 +66,14 @@ async def get_model(model: str, dataplane: Data, credential: Credential) -> dict
     dataplane.gateway.routes.model(model, None)  # 404 with the known names when unknown
     versions = [s.as_dict() for s in dataplane.gateway.models.values() if s.info.name == model]
     return {"name": model, "versions": sorted(versions, key=lambda v: v["version"])}
+
+
+@router.get("/endpoints/{endpoint}/swagger.json", summary="OpenAPI document of an endpoint's scoring URL")
+async def endpoint_swagger(
+    endpoint: str, dataplane: Data, control: Control, credential: Credential, deployment: str | None = None
+) -> dict[str, Any]:
+    """Built from the serving deployment's inference-schema decorators, declared signature or sample
+    request; `?deployment=` picks another deployment."""
+    route = dataplane.gateway.routes.endpoint(endpoint)
+    check_endpoint_access(dataplane.gateway.credentials, endpoint, route.auth_mode, route.key_hashes, credential)
+    return control.openapi(endpoint, deployment)

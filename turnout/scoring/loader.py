@@ -115,13 +115,13 @@ def _phase(fn: object, *args: object, script: Path, phase: str, timeout: float) 
         raise ScriptLoadError(f"{script}: {phase} failed: {type(cause).__name__}: {cause}") from cause
 
 
-def load_scorer(manifest: Manifest, version_dir: Path, entry: str) -> Scorer:
-    """Prepare the environment, import the script, detect its mode and call its ``init()``."""
+def prepare_environment(manifest: Manifest, version_dir: Path) -> Path:
+    """Set the process up as the script expects (Azure's variables, thread limits, its folder on the
+    path and as working directory); return the script's path."""
     code_dir = version_dir / CODE_DIR
     script = code_dir / manifest.scoring_script
     if not script.is_file():
         raise ScriptLoadError(f"{script}: scoring script not found")
-
     os.environ["AZUREML_MODEL_DIR"] = str(version_dir / MODELS_DIR)
     os.environ["AML_APP_ROOT"] = str(code_dir)
     os.environ["AZUREML_ENTRY_SCRIPT"] = manifest.scoring_script
@@ -131,11 +131,21 @@ def load_scorer(manifest: Manifest, version_dir: Path, entry: str) -> Scorer:
         if str(folder) not in sys.path:
             sys.path.insert(0, str(folder))
     os.chdir(code_dir)
+    return script
 
+
+def import_user_script(manifest: Manifest, version_dir: Path, entry: str) -> tuple[Path, ModuleType]:
+    script = prepare_environment(manifest, version_dir)
     digest = hashlib.sha1(f"{entry}:{script}".encode()).hexdigest()[:10]
     module_name = f"turnout_script_{''.join(c if c.isalnum() else '_' for c in entry)}_{digest}"
     module = cast(ModuleType, _phase(import_script, script, module_name, script=script, phase="import",
                                      timeout=manifest.init_timeout_seconds))
+    return script, module
+
+
+def load_scorer(manifest: Manifest, version_dir: Path, entry: str) -> Scorer:
+    """Prepare the environment, import the script, detect its mode and call its ``init()``."""
+    script, module = import_user_script(manifest, version_dir, entry)
     scorer = detect_scorer(module, manifest.scoring_script, manifest.kind, manifest.timeout_seconds)
     _limit_framework_threads(manifest.threads)
     init = getattr(module, "init", None)

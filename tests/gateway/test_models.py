@@ -1,0 +1,98 @@
+"""Every model in the repository has its own URL; the listing shows states and reasons."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as triton_grpc
+import tritonclient.http as triton_http
+
+from tests.gateway.conftest import GatewayProcess
+
+pytestmark = pytest.mark.integration
+
+
+def test_models_are_listed_with_state_and_reason(gateway: GatewayProcess) -> None:
+    models = httpx.get(f"{gateway.url}/models", headers=gateway.admin).json()
+    states = {m["name"]: m["state"] for m in models}
+    assert states == {"torch-mlp": "ready", "onnx-classifier": "ready", "schema-azure": "ready",
+                      "my-endpoint-blue": "ready", "init_raises": "failed"}
+    broken = next(m for m in models if m["name"] == "init_raises")
+    assert "init() failed: RuntimeError: boom in init" in broken["reason"]
+
+
+@pytest.mark.parametrize(("model", "sample"), [
+    ("torch-mlp", "torch-mlp/sample-request.json"),
+    ("onnx-classifier", "onnx-classifier/sample-request.json"),
+    ("schema-azure", "schema-azure/sample-request.json"),
+    ("my-endpoint-blue", "sklearn-azure/sample-request.json"),
+])
+def test_every_model_has_its_own_url(gateway: GatewayProcess, examples_ready: Path, model: str, sample: str) -> None:
+    body = (examples_ready / sample).read_bytes()
+    for path in (f"/models/{model}/score", f"/models/{model}/versions/1/score"):
+        response = httpx.post(gateway.url + path, content=body, headers=gateway.admin)
+        assert response.status_code == 200, response.text
+        assert response.headers["x-turnout-model-version"] == "1"
+        assert response.headers["x-request-id"]
+        assert json.loads(response.content)
+
+
+def test_model_url_errors(gateway: GatewayProcess) -> None:
+    post = lambda path, **kw: httpx.post(gateway.url + path, **kw)  # noqa: E731
+    assert post("/models/torch-mlp/score", content=b"{}").status_code == 401
+    unknown = post("/models/nope/score", content=b"{}", headers={**gateway.admin, "x-request-id": "req-42"})
+    assert unknown.status_code == 404
+    assert unknown.json() == {"error": {"code": "not_found", "message": "no model named 'nope' in the repository"},
+                              "request_id": "req-42"}
+    assert unknown.headers["x-request-id"] == "req-42"
+    assert post("/models/torch-mlp/versions/9/score", content=b"{}", headers=gateway.admin).status_code == 404
+    failed = post("/models/init_raises/score", content=b"{}", headers=gateway.admin)
+    assert failed.status_code == 503 and "failed" in failed.json()["error"]["message"]
+    assert failed.headers["retry-after"]
+    malformed = post("/models/torch-mlp/score", content=b'{"data": [[1', headers=gateway.admin)
+    assert malformed.status_code == 400 and "not valid JSON" in malformed.json()["error"]["message"]
+    too_big = post("/models/torch-mlp/score", content=b"x" * 200_000, headers=gateway.admin)
+    assert too_big.status_code == 413
+    schema = post("/models/schema-azure/score", content=b"a=1",
+                  headers={**gateway.admin, "Content-Type": "text/plain"})
+    assert schema.status_code == 415
+
+
+def test_tritonclient_http_and_grpc_through_the_gateway(gateway: GatewayProcess, examples_ready: Path) -> None:
+    body = (examples_ready / "onnx-classifier" / "sample-request.json").read_bytes()
+    data = np.array([[body]], dtype=np.object_)
+    http_client = triton_http.InferenceServerClient(f"127.0.0.1:{gateway.port}")
+    try:
+        tensor = triton_http.InferInput("BODY", [1, 1], "BYTES")
+        tensor.set_data_from_numpy(data)
+        result = http_client.infer("onnx-classifier", [tensor], headers=gateway.admin)
+        assert json.loads(result.as_numpy("BODY")[0][0])[0]["label"] == "setosa"
+        assert http_client.is_model_ready("onnx-classifier", headers=gateway.admin)
+        assert http_client.get_model_metadata("onnx-classifier", headers=gateway.admin)["name"] == "onnx-classifier"
+    finally:
+        http_client.close()
+    grpc_client = triton_grpc.InferenceServerClient(f"127.0.0.1:{gateway.grpc_port}")
+    try:
+        tensor = triton_grpc.InferInput("BODY", [1, 1], "BYTES")
+        tensor.set_data_from_numpy(data)
+        auth = {"authorization": gateway.admin["Authorization"]}
+        result = grpc_client.infer("onnx-classifier", [tensor], headers=auth)
+        assert json.loads(result.as_numpy("BODY")[0][0])[0]["label"] == "setosa"
+        assert result.get_response().model_name == "onnx-classifier"
+        with pytest.raises(Exception, match="UNAUTHENTICATED"):
+            grpc_client.infer("onnx-classifier", [tensor])
+    finally:
+        grpc_client.close()
+
+
+def test_health_and_metrics(gateway: GatewayProcess) -> None:
+    assert httpx.get(f"{gateway.url}/healthz").json() == {"status": "ok"}
+    assert httpx.get(f"{gateway.url}/readyz").json()["nodes"] == {"embedded": True}
+    httpx.post(f"{gateway.url}/models/schema-azure/score", content=b'{"data": [[1, 2, 3]]}', headers=gateway.admin)
+    metrics = httpx.get(f"{gateway.url}/metrics").text
+    assert 'turnout_requests_total{code="200",deployment="1",kind="model",target="schema-azure"}' in metrics
+    assert 'turnout_node_up{node="embedded",pool="cpu"} 1.0' in metrics
