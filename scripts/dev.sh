@@ -44,7 +44,12 @@ case "${1:-}" in
     setup
     build_examples
     shift
-    exec "$VENV/bin/gateway" serve --repository "${TURNOUT_REPOSITORY:-model_repository}" "$@" ;;
+    echo "==> starting the gateway (dev mode: model URLs need no key) on http://127.0.0.1:${TURNOUT_PORT:-8080}"
+    echo "    try: curl -s -X POST http://127.0.0.1:${TURNOUT_PORT:-8080}/models/torch-mlp/score \\"
+    echo "           -H 'Content-Type: application/json' -d @examples/torch-mlp/sample-request.json"
+    exec "$VENV/bin/gateway" serve --repository "${TURNOUT_REPOSITORY:-model_repository}" \
+      --state "${TURNOUT_STATE_DIR:-.turnout/gateway}" --port "${TURNOUT_PORT:-8080}" --grpc-port "${TURNOUT_GRPC_PORT:-8081}" \
+      --allow-anonymous "$@" ;;
   test)
     setup
     shift

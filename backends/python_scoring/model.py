@@ -57,6 +57,7 @@ def _configure_logging(entry: str) -> None:
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     log_dir = os.environ.get("TURNOUT_LOG_DIR")
     if log_dir:
+        Path(log_dir).mkdir(parents=True, exist_ok=True)
         log_file = open(Path(log_dir) / f"{entry}.log", "a", buffering=1, encoding="utf-8")  # noqa: SIM115
         handlers.append(logging.StreamHandler(log_file))
         sys.stdout = _Tee(sys.stdout, log_file)
