@@ -83,6 +83,10 @@ def serve(
     admin_key: AdminKey = None,
     allow_anonymous: Annotated[bool, typer.Option(help="Dev mode: model URLs need no key.")] = False,
     token_ttl_seconds: Annotated[int, typer.Option(help="Lifetime of aml_token tokens.")] = 3600,
+    keep_versions: Annotated[int, typer.Option(help="Versions of each dropped model kept loaded.")] = 1,
+    drop_quiet_seconds: Annotated[float, typer.Option(help="A drop is acted on once unchanged this long.")] = 1.0,
+    watch: Annotated[bool, typer.Option(help="Watch the repository for dropped packages.")] = True,
+    health_interval_seconds: Annotated[float, typer.Option(help="Node health and crash probe period.")] = 5.0,
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body (413 above).")] = 100 * 1024 * 1024,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
 ) -> None:
@@ -96,7 +100,8 @@ def serve(
     settings = GatewaySettings(
         repository=repository, state_dir=state, host=host, port=port, grpc_port=grpc_port, nodes_file=nodes,
         admin_key=admin_key, allow_anonymous=allow_anonymous, token_ttl_seconds=token_ttl_seconds,
-        max_body_bytes=max_body_bytes,
+        max_body_bytes=max_body_bytes, keep_versions=keep_versions, drop_quiet_seconds=drop_quiet_seconds,
+        watch=watch, health_interval_seconds=health_interval_seconds,
     )
     typer.echo(f"Turnout gateway on http://{host}:{port} (repository {repository}, state {state})")
     typer.echo(f"admin key: {state / 'admin.key'}" if admin_key is None else "admin key: from --admin-key")

@@ -316,8 +316,7 @@ class ControlPlane:
 
     async def _retire_placement(self, placement: Placement) -> None:
         """Drain an entry that no longer takes new requests, then unload and remove it."""
-        await self.dataplane.drain(placement.entry)
-        await self._discard_entry(placement.entry, placement)
+        await self.gateway.retire(placement, "unloaded", "replaced by a newer generation", remove_dir=True)
 
     async def _retire(self, endpoint: str, name: str, placement: Placement | None) -> None:
         if placement is not None:

@@ -9,7 +9,6 @@ import asyncio
 import logging
 import random
 import time
-from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -42,7 +41,6 @@ class DataPlane:
         self.gateway = gateway
         self.metrics = gateway.metrics
         self._rng = random.Random()
-        self._inflight: defaultdict[str, int] = defaultdict(int)
         self._mirrors: set[asyncio.Task[None]] = set()
 
     # --- resolution ---
@@ -96,10 +94,11 @@ class DataPlane:
         """Bound in-flight requests, bound time, count the outcome."""
         key = resolved.target.entry  # per entry: a deployment's old and new generation drain separately
         limit = resolved.served.max_inflight or self.gateway.settings.max_inflight_per_deployment
-        if self._inflight[key] >= limit:
+        inflight = self.gateway.inflight
+        if inflight[key] >= limit:
             self.metrics.observe(resolved.kind, resolved.name, resolved.deployment, 429, 0.0)
             raise Overloaded(f"{resolved.kind} {resolved.name!r} has {limit} requests in flight; retry shortly")
-        self._inflight[key] += 1
+        inflight[key] += 1
         started = time.perf_counter()
         code = 500
         try:
@@ -110,12 +109,14 @@ class DataPlane:
             return answer
         except TurnoutError as exc:
             code = int(exc.status)
+            if exc.details.get("crashed"):
+                self.gateway.report_crash(key, "a request found its process gone")
             raise
         except asyncio.TimeoutError:
             code = 504
             raise ScoringTimeout(f"{resolved.kind} {resolved.name!r} did not answer in time") from None
         finally:
-            self._inflight[key] -= 1
+            inflight[key] -= 1
             self.metrics.observe(resolved.kind, resolved.name, resolved.deployment, code,
                                  time.perf_counter() - started)
 
@@ -142,12 +143,6 @@ class DataPlane:
             log.exception("mirror request to %s/%s failed", endpoint, deployment)
             outcome = "error"
         self.metrics.mirror.labels(endpoint, deployment, outcome).inc()
-
-    async def drain(self, entry: str, timeout: float = 30.0) -> None:
-        """Wait until an entry has no request in flight (bounded), before it is unloaded."""
-        deadline = time.monotonic() + timeout
-        while self._inflight.get(entry, 0) > 0 and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
 
     async def close(self) -> None:
         for task in list(self._mirrors):

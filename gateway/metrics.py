@@ -26,8 +26,8 @@ class Metrics:
         )
         self.node_up = Gauge("turnout_node_up", "1 when the Triton node answers its health check.",
                              ["node", "pool"], registry=self.registry)
-        self.inflight = Gauge("turnout_inflight_requests", "Requests in flight per deployment.",
-                              ["endpoint", "deployment"], registry=self.registry)
+        self.restarts = Counter("turnout_entry_restarts", "Entries restarted after their process crashed.",
+                                ["entry"], registry=self.registry)
 
     def observe(self, kind: str, target: str, deployment: str, code: int, seconds: float) -> None:
         self.requests.labels(kind, target, deployment, str(code)).inc()

@@ -68,6 +68,7 @@ def pool_for_instance_type(instance_type: str | None, overrides: dict[str, str],
     return kind_for_instance_type(instance_type).value
 
 
+PROBE_META = b'{"probe":true}'
 _NOT_LOADED = ("unknown model", "is not found", "is not ready", "no version is available", "unavailable")
 
 
@@ -77,7 +78,8 @@ def _triton_failure(status: int, text: str, node: str) -> TurnoutError:
         return ours
     lowered = text.lower()
     if "stub process" in lowered and "not healthy" in lowered:
-        return NotReady("the model's process crashed; it must be reloaded", details={"node": node})
+        return NotReady("the model's process crashed; it is being restarted", retry_after=2,
+                        details={"node": node, "crashed": True})
     if any(marker in lowered for marker in _NOT_LOADED):
         return NotReady("the model is not loaded on its node", details={"node": node})
     log.error("node %s answered %s: %s", node, status, text[:2000])
@@ -145,6 +147,14 @@ class Node:
         status, _, data = await self._call("POST", f"/v2/repository/models/{entry}/unload", json={})
         if status != 200:
             log.warning("node %s could not unload %s: %s", self.name, entry, _error_text(data))
+
+    async def probe(self, entry: str) -> None:
+        """Ask the entry's stub to answer without running user code (raises if its process is gone)."""
+        await self.score(entry, b"", PROBE_META)
+
+    async def index(self) -> list[dict[str, Any]]:
+        status, _, data = await self._call("POST", "/v2/repository/index", json={})
+        return list(orjson.loads(data)) if status == 200 else []
 
     async def is_ready(self, entry: str) -> bool:
         status, _, _ = await self._call("GET", f"/v2/models/{entry}/ready")

@@ -46,6 +46,8 @@ class Served:
     timeout: float | None = None  # the deployment's request_timeout (Azure's request_settings)
 
     def ready_target(self, what: str) -> Target:
+        if self.target is None and self.state in ("unloaded", "removed"):
+            raise NotFound(f"{what} is no longer served: {self.reason}")
         if self.target is None:
             detail = f": {self.reason}" if self.reason else ""
             raise NotReady(f"{what} is {self.state}{detail}", retry_after=5 if self.state == "loading" else 30)
@@ -83,14 +85,18 @@ class EndpointRoute:
 class Routes:
     models: dict[str, dict[int, Served]] = field(default_factory=dict)
     endpoints: dict[str, EndpointRoute] = field(default_factory=dict)
+    removed: dict[str, str] = field(default_factory=dict)
 
     def model(self, name: str, version: int | None) -> tuple[int, Served]:
         versions = self.models.get(name)
         if not versions:
+            if name in self.removed:
+                raise NotFound(f"model {name!r} was removed: {self.removed[name]}")
             raise NotFound(f"no model named {name!r} in the repository")
         if version is None:
             ready = [v for v, served in versions.items() if served.target is not None]
-            version = max(ready) if ready else max(versions)
+            live = [v for v, served in versions.items() if served.state not in ("unloaded", "removed", "failed")]
+            version = max(ready or live or versions)
         if version not in versions:
             raise NotFound(f"model {name!r} has no version {version} (versions: {', '.join(map(str, sorted(versions)))})")
         return version, versions[version]

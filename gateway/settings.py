@@ -26,6 +26,11 @@ class GatewaySettings(BaseModel):
     token_ttl_seconds: int = Field(default=3600, gt=0, description="Lifetime of aml_token tokens.")
     health_interval_seconds: float = Field(default=5.0, gt=0, description="Node health check period.")
     default_pool: str = Field(default="cpu", description="Pool that serves repository models.")
+    keep_versions: int = Field(default=1, ge=1, description="Versions of a dropped model kept loaded.")
+    watch: bool = Field(default=True, description="Watch the repository for dropped packages.")
+    drop_quiet_seconds: float = Field(
+        default=1.0, ge=0, description="A drop is acted on once nothing in it changed for this long."
+    )
     instance_type_pools: dict[str, str] = Field(
         default_factory=dict, description="Extra instance_type -> pool mappings (override the built-in table)."
     )
@@ -34,6 +39,11 @@ class GatewaySettings(BaseModel):
     def deployments_repository(self) -> Path:
         """Gateway-owned entries (one per deployment generation), a second Triton repository."""
         return self.state_dir / "deployments"
+
+    @property
+    def built_repository(self) -> Path:
+        """Entries built from packages dropped into the repository, a third Triton repository."""
+        return self.state_dir / "built"
 
     @property
     def database(self) -> Path:

@@ -170,20 +170,20 @@ def from_folder(folder: Path, source: str | None = None) -> StagedPackage:
 
 def safe_extract(archive: Path, target: Path) -> None:
     """Extract without letting a member escape ``target`` (absolute paths, '..', links outside)."""
+    is_zip = archive.name.lower().endswith(".zip")
     try:
-        if zipfile.is_zipfile(archive):
+        if is_zip:
             with zipfile.ZipFile(archive) as zf:
                 for member in zf.namelist():
                     if not _inside(target / member, target):
                         raise PackageError(f"{archive}: member {member!r} would be written outside the package")
                 zf.extractall(target)
-        elif tarfile.is_tarfile(archive):
+        else:
             with tarfile.open(archive) as tf:
                 tf.extractall(target, filter="data")
-        else:
-            raise PackageError(f"{archive}: not a .tar.gz, .tgz, .tar or .zip archive")
-    except (tarfile.TarError, zipfile.BadZipFile, OSError) as exc:
-        raise PackageError(f"{archive}: cannot be extracted: {exc}") from None
+    except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError) as exc:
+        kind = "zip" if is_zip else "tar"
+        raise PackageError(f"{archive}: cannot be extracted as a {kind} archive (incomplete or damaged?): {exc}") from None
 
 
 def from_archive(archive: Path) -> StagedPackage:

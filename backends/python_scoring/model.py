@@ -94,6 +94,19 @@ def _meta_from(raw: bytes | None) -> RequestMeta:
         raise BadInput(f"the META input is not a JSON object of request facts: {exc}") from None
 
 
+# The gateway's health probe: answered by the stub itself, so a crashed stub shows up without calling
+# user code (Triton keeps reporting such a model READY).
+_PROBE_ANSWER = ScoringResult(body=b"", status=204)
+
+
+def _is_probe(request: Any) -> bool:
+    meta = pb_utils.get_input_tensor_by_name(request, "META")
+    if meta is None:
+        return False
+    first = meta.as_numpy().reshape(-1)[:1]
+    return len(first) == 1 and _as_bytes(first[0]).startswith(b'{"probe":true')
+
+
 def _as_bytes(value: Any) -> bytes:
     return value if isinstance(value, bytes) else str(value).encode("utf-8")
 
@@ -128,8 +141,11 @@ class TritonPythonModel:
         # One Triton request may carry several bodies (a client-side batch); flatten them so the scorer
         # sees every body of this dynamic batch at once, then regroup the answers per Triton request.
         flat: list[ScoringRequest] = []
-        spans: list[tuple[int, int] | TurnoutError] = []
+        spans: list[tuple[int, int] | TurnoutError | None] = []
         for request in requests:
+            if _is_probe(request):
+                spans.append(None)
+                continue
             try:
                 decoded = self._decode(request)
                 spans.append((len(flat), len(flat) + len(decoded)))
@@ -139,10 +155,15 @@ class TritonPythonModel:
         results = self.scorer.score(flat) if flat else []
         return [self._respond(span, results) for span in spans]
 
-    def _respond(self, span: tuple[int, int] | TurnoutError, results: list[ScoringResult | TurnoutError]) -> Any:
-        if isinstance(span, TurnoutError):
+    def _respond(
+        self, span: tuple[int, int] | TurnoutError | None, results: list[ScoringResult | TurnoutError]
+    ) -> Any:
+        if span is None:
+            mine: list[ScoringResult | TurnoutError] = [_PROBE_ANSWER]
+        elif isinstance(span, TurnoutError):
             return pb_utils.InferenceResponse(error=_triton_error(span))
-        mine = results[span[0]:span[1]]
+        else:
+            mine = results[span[0]:span[1]]
         for result in mine:
             if isinstance(result, TurnoutError):
                 return pb_utils.InferenceResponse(error=_triton_error(result))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -13,8 +14,11 @@ from gateway.rest.deps import DEPLOYMENT_HEADER, Control, Credential, Data, read
 router = APIRouter(tags=["scoring"])
 
 
-async def _answer(request: Request, dataplane: Data, resolved: Resolved) -> Response:
+async def _answer(request: Request, dataplane: Data, resolve: Callable[[], Resolved]) -> Response:
+    # Read the body first: between resolving a target and counting the request in flight there must be
+    # no await, or a swap could drain and unload the target while this request still reads its body.
     body = await read_body(request, dataplane.gateway.settings.max_body_bytes)
+    resolved = resolve()
     result = await dataplane.score(resolved, body, request_meta(request))
     headers = dict(result.headers)
     if resolved.kind == "endpoint":
@@ -28,13 +32,13 @@ async def _answer(request: Request, dataplane: Data, resolved: Resolved) -> Resp
 async def score_endpoint(endpoint: str, request: Request, dataplane: Data, credential: Credential) -> Response:
     """The stable scoring URL. The deployment is picked by traffic weight unless the
     `azureml-model-deployment` header pins one; the response names the deployment that served."""
-    resolved = dataplane.resolve_endpoint(endpoint, request.headers.get(DEPLOYMENT_HEADER), credential)
-    return await _answer(request, dataplane, resolved)
+    pinned = request.headers.get(DEPLOYMENT_HEADER)
+    return await _answer(request, dataplane, lambda: dataplane.resolve_endpoint(endpoint, pinned, credential))
 
 
 @router.api_route("/models/{model}/score", methods=["POST", "GET"], summary="Score on a model's latest version")
 async def score_model(model: str, request: Request, dataplane: Data, credential: Credential) -> Response:
-    return await _answer(request, dataplane, dataplane.resolve_model(model, None, credential))
+    return await _answer(request, dataplane, lambda: dataplane.resolve_model(model, None, credential))
 
 
 @router.api_route("/models/{model}/versions/{version}/score", methods=["POST", "GET"],
@@ -42,7 +46,7 @@ async def score_model(model: str, request: Request, dataplane: Data, credential:
 async def score_model_version(
     model: str, version: int, request: Request, dataplane: Data, credential: Credential
 ) -> Response:
-    return await _answer(request, dataplane, dataplane.resolve_model(model, version, credential))
+    return await _answer(request, dataplane, lambda: dataplane.resolve_model(model, version, credential))
 
 
 @router.post("/endpoints/{endpoint}/token", summary="Exchange an endpoint key for an expiring token")

@@ -24,8 +24,10 @@ def _resolve(dataplane: Data, name: str, version: int | None, request: Request, 
     return dataplane.resolve_model(name, version, credential, v2=True)
 
 
-async def _forward(dataplane: Data, resolved: Resolved, request: Request, suffix: str, public_name: str) -> Response:
+async def _forward(dataplane: Data, name: str, version: int | None, request: Request, credential: str | None,
+                   suffix: str) -> Response:
     body = await read_body(request, dataplane.gateway.settings.max_body_bytes) if request.method == "POST" else b""
+    resolved = _resolve(dataplane, name, version, request, credential)  # after the body: see rest/scoring.py
     headers = {k: v for k, v in request.headers.items() if k in _PASSED_REQUEST}
     status, upstream_headers, data = await dataplane.forward(resolved, request.method, suffix, body, headers)
     passed = {k: v for k, v in upstream_headers.items() if k.lower() in _PASSED_RESPONSE}
@@ -33,7 +35,7 @@ async def _forward(dataplane: Data, resolved: Resolved, request: Request, suffix
         passed[DEPLOYMENT_HEADER] = resolved.deployment
     if suffix == "" and status == 200:  # metadata: name the model as the caller did
         meta = orjson.loads(data)
-        meta["name"] = public_name
+        meta["name"] = name
         data = orjson.dumps(meta)
     return Response(data, status_code=status, headers=passed)
 
@@ -58,18 +60,18 @@ async def ready(dataplane: Data) -> Response:
 @router.get("/models/{name}/versions/{version}")
 async def model_metadata(name: str, request: Request, dataplane: Data, credential: Credential,
                          version: int | None = None) -> Response:
-    return await _forward(dataplane, _resolve(dataplane, name, version, request, credential), request, "", name)
+    return await _forward(dataplane, name, version, request, credential, "")
 
 
 @router.get("/models/{name}/ready")
 @router.get("/models/{name}/versions/{version}/ready")
 async def model_ready(name: str, request: Request, dataplane: Data, credential: Credential,
                       version: int | None = None) -> Response:
-    return await _forward(dataplane, _resolve(dataplane, name, version, request, credential), request, "/ready", name)
+    return await _forward(dataplane, name, version, request, credential, "/ready")
 
 
 @router.post("/models/{name}/infer")
 @router.post("/models/{name}/versions/{version}/infer")
 async def infer(name: str, request: Request, dataplane: Data, credential: Credential,
                 version: int | None = None) -> Response:
-    return await _forward(dataplane, _resolve(dataplane, name, version, request, credential), request, "/infer", name)
+    return await _forward(dataplane, name, version, request, credential, "/infer")

@@ -58,12 +58,13 @@ def two_pools(tmp_path: Path) -> Iterator[tuple[GatewayProcess, dict[str, Embedd
     repository = tmp_path / "repository"
     repository.mkdir()
     state = tmp_path / "state"
-    deployments = state / "deployments"
+    deployments, built = state / "deployments", state / "built"
     deployments.mkdir(parents=True)
+    built.mkdir()
     nodes: dict[str, EmbeddedTriton] = {}
     try:
         for name in ("cpu-node", "gpu-node"):
-            nodes[name] = EmbeddedTriton(repository=repository, extra_repositories=[deployments],
+            nodes[name] = EmbeddedTriton(repository=repository, extra_repositories=[built, deployments],
                                          work_dir=tmp_path / name).start()
         nodes_file = tmp_path / "nodes.yaml"
         nodes_file.write_text(yaml.safe_dump({"nodes": [
@@ -104,7 +105,7 @@ def test_instance_type_places_deployments_on_their_pool(two_pools, tmp_path: Pat
     key, _ = gateway.keys("pools")
     for _ in range(5):
         assert score(gateway, key, "pools", **{"azureml-model-deployment": "big"}).json()["color"] == "big"
-    assert inference_count(nodes["gpu-node"], big["entry"]) == 5
+    assert inference_count(nodes["gpu-node"], big["entry"]) >= 5  # ours, plus any health probe
     with TritonClient(nodes["cpu-node"].http_url) as client:
         assert not client.is_ready(big["entry"])
     # A dead node: its requests fail with 502, the other pool keeps serving.

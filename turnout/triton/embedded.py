@@ -12,6 +12,7 @@ bundled libraries, and there is no second copy to keep in sync. We use none of P
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import glob
 import importlib.util
 import logging
@@ -24,6 +25,7 @@ import sys
 import sysconfig
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,6 +107,22 @@ def _place_copy(source: Path, destination: Path) -> None:
     os.replace(staged, destination)
 
 
+def _parent_death_signal() -> Callable[[], None] | None:
+    """A pre-exec hook that has the kernel SIGTERM the child when the thread that started it dies, so a
+    killed gateway or test runner never leaves a Triton (and its stubs) running. Resolved here, in the
+    parent: the child may not import or allocate between fork and exec. Linux only."""
+    try:
+        prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig = 1
+
+    def hook() -> None:
+        prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+    return hook
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
@@ -175,6 +193,8 @@ class EmbeddedTriton:
         return f"turnout_{os.getpid()}_{self.http_port}_"
 
     def start(self) -> EmbeddedTriton:
+        """Start and wait until live. Call it from a thread that lives as long as the server: Triton is
+        told to stop when that thread ends."""
         if self.work_dir is None:
             self.work_dir = Path(tempfile.mkdtemp(prefix="turnout-triton-"))
             self._owned_work_dir = True
@@ -227,6 +247,7 @@ class EmbeddedTriton:
                 stdin=subprocess.DEVNULL,
                 env=server_environment(files, self.log_dir),
                 start_new_session=True,  # our Ctrl-C is handled by stop(), not delivered twice
+                preexec_fn=_parent_death_signal(),
             )
         self._wait_until_live()
 
