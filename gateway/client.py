@@ -6,7 +6,7 @@ from typing import Any
 
 import httpx
 
-from turnout.errors import NodeUnreachable, TurnoutError, BY_CODE
+from turnout.errors import BY_CODE, NodeUnreachable, TurnoutError
 
 DEPLOYMENT_HEADER = "azureml-model-deployment"
 

@@ -112,7 +112,7 @@ class DataPlane:
             if exc.details.get("crashed"):
                 self.gateway.report_crash(key, "a request found its process gone")
             raise
-        except asyncio.TimeoutError:
+        except TimeoutError:
             code = 504
             raise ScoringTimeout(f"{resolved.kind} {resolved.name!r} did not answer in time") from None
         finally:

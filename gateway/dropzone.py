@@ -5,7 +5,7 @@ Each top-level item of the repository is one drop:
   * a package folder (score.py, model files, optional model.yaml), or a folder holding one Azure
     deployment YAML with its files, or a ``.tar.gz``/``.tgz``/``.zip`` package, or an Azure deployment
     YAML file: validated (the backend's loader, in a subprocess), registered (same content, same version),
-    built into ``<state>/built/<name>-v<version>`` and loaded.
+    built into ``<state>/built/drop.<name>.v<version>`` and loaded.
 
 When a drop is complete (see docs/dropzone.md):
   * names starting with ``.`` or ending in ``.tmp``, ``.part``, ``.partial``, ``.crdownload`` are never
@@ -52,6 +52,12 @@ def is_candidate(path: Path) -> bool:
         return True
     lowered = name.lower()
     return lowered.endswith(_ARCHIVES) or (lowered.endswith((".yml", ".yaml")) and looks_like_azure_deployment(path))
+
+
+def drop_entry(name: str, version: int) -> str:
+    """Entries built from drops live in their own namespace: a packager-built ``<name>-v<version>`` in
+    the repository must not collide (Triton refuses a model found in two repositories)."""
+    return f"drop.{name}.v{version}"
 
 
 def fingerprint(path: Path) -> str:
@@ -192,7 +198,8 @@ class DropZone:
                 tail = "\n".join(result.log.splitlines()[-20:])
                 raise PackageError(f"{name}: {result.message}", details={"model": staged.name, "log_tail": tail})
             record, _ = self.gateway.registry.register(staged)
-            built = build_entry(staged, self.gateway.settings.built_repository, version=record.version,
+            built = build_entry(staged, self.gateway.settings.built_repository,
+                                entry=drop_entry(record.name, record.version), version=record.version,
                                 content_hash=record.content_hash)
         return read_entry(built.path)
 

@@ -7,7 +7,6 @@ hot path builds nothing per request and Triton's batcher sees concurrent request
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from gateway.triton_http import HEADER_LENGTH, decode_response, encode_request
 from packager.spec import kind_for_instance_type, read_yaml
 from turnout.errors import (
-    NodeUnreachable, NotReady, PackageError, ScoringTimeout, ScriptLoadError, TurnoutError, from_wire,
+    NodeUnreachable,
+    NotReady,
+    PackageError,
+    ScoringTimeout,
+    ScriptLoadError,
+    TurnoutError,
+    from_wire,
 )
 from turnout.scoring.request import ScoringResult
 from turnout.triton.config import InstanceKind
@@ -115,7 +120,7 @@ class Node:
         try:
             async with self.session.request(method, path, **kwargs) as response:
                 return response.status, dict(response.headers), await response.read()
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise ScoringTimeout(f"node {self.name} did not answer within {self._timeout.total:g} s") from None
         except aiohttp.ClientError as exc:
             self.healthy = False

@@ -24,8 +24,6 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from turnout.errors import PackageError
-from turnout.manifest import CODE_DIR, MODELS_DIR, Manifest
 from packager.spec import (
     AzureDeployment,
     PackageSpec,
@@ -35,6 +33,8 @@ from packager.spec import (
     load_package_spec,
     looks_like_azure_deployment,
 )
+from turnout.errors import PackageError
+from turnout.manifest import CODE_DIR, MODELS_DIR, Manifest
 
 if TYPE_CHECKING:
     from packager.registry import Registry

@@ -4,7 +4,6 @@ deployment YAML. Both are parsed strictly: an unknown key is an error that names
 from __future__ import annotations
 
 import re
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 

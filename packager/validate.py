@@ -48,7 +48,7 @@ def validate_package(package: StagedPackage, version: int = 1) -> ValidationResu
     for line in completed.stdout.splitlines():
         if line.startswith(_RESULT_MARK):
             result = json.loads(line[len(_RESULT_MARK):])
-            log = "\n".join(l for l in log.splitlines() if not l.startswith(_RESULT_MARK))
+            log = "\n".join(line for line in log.splitlines() if not line.startswith(_RESULT_MARK))
             return ValidationResult(result["ok"], result.get("mode"), result["message"], log)
     return ValidationResult(
         False, None, f"the script ended the validating process (exit code {completed.returncode})", log

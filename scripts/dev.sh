@@ -53,6 +53,8 @@ case "${1:-}" in
   test)
     setup
     shift
+    echo "==> ruff check"
+    "$VENV/bin/ruff" check .
     exec "$VENV/bin/python" -m pytest "$@" ;;
   *)
     echo "usage: scripts/dev.sh serve|test|setup [args]" >&2

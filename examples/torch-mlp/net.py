@@ -7,7 +7,9 @@ FEATURES, HIDDEN, CLASSES = 16, 64, 3
 
 
 def make_net() -> nn.Module:
-    return nn.Sequential(nn.Linear(FEATURES, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, CLASSES))
+    return nn.Sequential(
+        nn.Linear(FEATURES, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, CLASSES)
+    )
 
 
 __all__ = ["FEATURES", "CLASSES", "make_net", "torch"]

@@ -3,8 +3,8 @@
 import os
 
 import torch
-
 from net import FEATURES, make_net
+
 from turnout import BadInput
 
 net = None

@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import torch
-
 from net import CLASSES, FEATURES, make_net
 
 

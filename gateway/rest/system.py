@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 
-from gateway.rest.deps import JSONBody, Data
+from gateway.rest.deps import Data, JSONBody
 
 router = APIRouter(tags=["system"])
 

@@ -311,6 +311,6 @@ def test_sigkill_during_a_swap_converges_on_restart(tmp_path: Path) -> None:
                                 capture_output=True, text=True, check=True).stdout
         assert "swap" in listed and " 1 " in listed and " 2 " in listed
         built = sorted(p.name for p in (tmp_path / "state" / "built").iterdir())
-        assert built == ["swap-v2"]
+        assert built == ["drop.swap.v2"]
     finally:
         second.stop()

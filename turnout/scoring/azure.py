@@ -149,7 +149,7 @@ class AzureOnlineScorer(Scorer):
 
     def __init__(self, module: ModuleType, script: str, timeout: float) -> None:
         super().__init__(module, script, timeout)
-        run = getattr(module, "run")
+        run = module.run
         # A driver module forwards to the real script; call the real run() as Azure does.
         driver = getattr(module, "driver_module", None)
         if isinstance(driver, ModuleType) and hasattr(driver, "run"):

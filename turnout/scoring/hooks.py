@@ -111,7 +111,7 @@ class HooksScorer(Scorer):
             except TurnoutError as exc:
                 self.log_failure(exc)
                 outputs = [exc] * len(live)
-            for i, output in zip(live, outputs):
+            for i, output in zip(live, outputs, strict=True):
                 results[i] = output if isinstance(output, TurnoutError) else self._finish(output)
         return [r for r in results if r is not None]
 
