@@ -7,15 +7,28 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
 
 from gateway.controlplane import ControlPlane
 from gateway.core import Gateway
 from gateway.dataplane import DataPlane
-from gateway.rest import admin, errors, scoring, system, v2
+from gateway.rest import admin, errors, fastpath, scoring, system, v2
 from gateway.rest.middleware import RequestIdMiddleware
 from gateway.settings import GatewaySettings
 
 log = logging.getLogger("turnout.gateway")
+
+
+class GatewayApp(FastAPI):
+    """FastAPI, with the scoring POSTs answered before Starlette's middleware stack (rest/fastpath.py)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            target = fastpath.match_score_path(scope["path"])
+            if target is not None:
+                await fastpath.handle(self.state.dataplane, target, scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
 
 
 def create_app(settings: GatewaySettings) -> FastAPI:
@@ -40,7 +53,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             await dataplane.close()
             await gateway.stop()
 
-    app = FastAPI(
+    app = GatewayApp(
         title="Turnout gateway",
         version="0.1.0",
         description="Stable scoring URLs for models and endpoints served by NVIDIA Triton.",

@@ -10,12 +10,14 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import aiohttp
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gateway.triton_http import HEADER_LENGTH, decode_response, encode_request
+from gateway.triton_http import decode_response, encode_request
+from gateway.upstream import UpstreamPool
 from packager.spec import kind_for_instance_type, read_yaml
 from turnout.errors import (
     NodeUnreachable,
@@ -99,6 +101,8 @@ class Node:
         self.healthy = True
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
+        parsed = urlparse(self.url)
+        self._scoring = UpstreamPool(parsed.hostname or "127.0.0.1", parsed.port or 80, timeout)
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -112,6 +116,7 @@ class Node:
         return self._session
 
     async def close(self) -> None:
+        self._scoring.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -128,13 +133,15 @@ class Node:
 
     async def score(self, entry: str, body: bytes, meta: bytes) -> ScoringResult:
         payload, header_length = encode_request(body, meta)
-        status, headers, data = await self._call(
-            "POST", f"/v2/models/{entry}/infer", data=payload,
-            headers={HEADER_LENGTH: str(header_length), "Content-Type": "application/octet-stream"},
-        )
+        extra = b"Inference-Header-Content-Length: %d\r\nContent-Type: application/octet-stream\r\n" % header_length
+        try:
+            status, headers, data = await self._scoring.post(f"/v2/models/{entry}/infer".encode(), extra, payload)
+        except NodeUnreachable as exc:
+            self.healthy = False
+            raise NodeUnreachable(f"node {self.name} is unreachable", details={"node": self.name}) from exc
         if status != 200:
             raise _triton_failure(status, _error_text(data), self.name)
-        length = headers.get(HEADER_LENGTH)
+        length = headers.get(b"inference-header-content-length")
         return decode_response(data, int(length) if length is not None else None)
 
     async def forward(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:

@@ -3,6 +3,7 @@
 #   scripts/dev.sh serve   set up, build the examples, start the gateway with an embedded Triton
 #   scripts/dev.sh test    set up, run the whole test suite (what CI runs)
 #   scripts/dev.sh setup   only create/refresh .venv and the examples' model files
+#   scripts/dev.sh bench   run benchmarks/run.py (Turnout vs Triton direct vs azureml-inference-server-http)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -56,7 +57,11 @@ case "${1:-}" in
     echo "==> ruff check"
     "$VENV/bin/ruff" check .
     exec "$VENV/bin/python" -m pytest "$@" ;;
+  bench)
+    setup
+    shift
+    exec "$VENV/bin/python" benchmarks/run.py "$@" ;;
   *)
-    echo "usage: scripts/dev.sh serve|test|setup [args]" >&2
+    echo "usage: scripts/dev.sh serve|test|setup|bench [args]" >&2
     exit 2 ;;
 esac

@@ -14,11 +14,6 @@ from turnout.errors import PayloadTooLarge, Unauthorized
 
 REQUEST_ID_KEY = "turnout.request_id"
 DEPLOYMENT_HEADER = "azureml-model-deployment"
-# Never forwarded to scoring scripts: credentials and hop-by-hop headers.
-_NOT_FORWARDED = frozenset({
-    "authorization", "cookie", "content-length", "connection", "keep-alive", "transfer-encoding", "host",
-    "accept-encoding", "te", "upgrade", "proxy-authorization",
-})
 
 
 class JSONBody(Response):
@@ -30,20 +25,22 @@ class JSONBody(Response):
         return orjson.dumps(content)
 
 
-def get_dataplane(request: Request) -> DataPlane:
+async def get_dataplane(request: Request) -> DataPlane:
     return request.app.state.dataplane  # type: ignore[no-any-return]
 
 
-def get_controlplane(request: Request) -> ControlPlane:
+async def get_controlplane(request: Request) -> ControlPlane:
     return request.app.state.controlplane  # type: ignore[no-any-return]
 
 
-def presented_credential(request: Request) -> str | None:
+async def presented_credential(request: Request) -> str | None:
     return bearer(request.headers.get("authorization"))
 
 
-def require_admin(request: Request) -> None:
-    if not get_dataplane(request).gateway.credentials.is_admin(presented_credential(request)):
+async def require_admin(request: Request) -> None:
+    # async: FastAPI runs a plain-def dependency in its thread pool, a thread hop per request
+    gateway = request.app.state.dataplane.gateway
+    if not gateway.credentials.is_admin(bearer(request.headers.get("authorization"))):
         raise Unauthorized("the control plane needs 'Authorization: Bearer <admin key>'")
 
 
@@ -68,14 +65,3 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise PayloadTooLarge(f"the request body exceeds the limit of {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def _title(name: str) -> str:
-    return "-".join(part.capitalize() for part in name.split("-"))
-
-
-def request_meta(request: Request) -> bytes:
-    """The HTTP facts a scoring script may read (Azure's request_headers, @rawhttp), as the backend wants."""
-    headers = {_title(k): v for k, v in request.headers.items() if k not in _NOT_FORWARDED}
-    headers["X-Request-Id"] = request_id(request)
-    return orjson.dumps({"method": request.method, "path": "/score", "query": request.url.query, "headers": headers})

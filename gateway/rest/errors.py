@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 from http import HTTPStatus
 
-from fastapi import FastAPI, Request
+import orjson
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
@@ -15,29 +16,35 @@ from turnout.errors import BadInput, NotReady, Overloaded, TurnoutError
 log = logging.getLogger("turnout.gateway.http")
 
 
-def error_response(request: Request, exc: TurnoutError) -> JSONBody:
-    headers = {}
+def render_error(exc: TurnoutError, request_id: str, path: str) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers and JSON body for an error: the one renderer of every HTTP path."""
+    headers = {"content-type": "application/json"}
     if isinstance(exc, (Overloaded, NotReady)):
-        headers["Retry-After"] = str(exc.retry_after)
-    if exc.status >= 500 and exc.code == "script_failed":
+        headers["retry-after"] = str(exc.retry_after)
+    if exc.code == "script_failed":
+        # The script's own message can leak internals: the caller gets a generic one, the log the rest.
+        log.warning("request %s: %s", request_id, exc.message)
         headers["x-ms-run-function-failed"] = "True"
-    if request.url.path.startswith("/v2/"):
-        # The Open Inference Protocol's error shape, which tritonclient parses.
-        return JSONBody({"error": exc.message}, status_code=int(exc.status), headers=headers)
-    return JSONBody(exc.to_dict(request_id(request)), status_code=int(exc.status), headers=headers)
+        exc = type(exc)("the scoring script failed; see the deployment's logs")
+    if path.startswith("/v2/"):
+        body = orjson.dumps({"error": exc.message})  # the Open Inference Protocol's shape (tritonclient)
+    else:
+        body = orjson.dumps(exc.to_dict(request_id))
+    return int(exc.status), headers, body
+
+
+def error_response(request: Request, exc: TurnoutError) -> Response:
+    status, headers, body = render_error(exc, request_id(request), request.url.path)
+    return Response(body, status_code=status, headers=headers)
 
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(TurnoutError)
-    async def turnout_error(request: Request, exc: TurnoutError) -> JSONBody:
-        if exc.code == "script_failed":
-            # The script's own message can leak internals: the caller gets a generic one, the log the rest.
-            log.warning("request %s: %s", request_id(request), exc.message)
-            exc = type(exc)("the scoring script failed; see the deployment's logs")
+    async def turnout_error(request: Request, exc: TurnoutError) -> Response:
         return error_response(request, exc)
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError) -> JSONBody:
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         return error_response(request, BadInput(f"invalid request: {problems}"))
 
@@ -49,6 +56,6 @@ def install(app: FastAPI) -> None:
         return JSONBody(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONBody:
+    async def unexpected(request: Request, exc: Exception) -> Response:
         log.exception("request %s failed unexpectedly", request_id(request))
         return error_response(request, TurnoutError("internal error"))

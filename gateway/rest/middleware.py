@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import uuid
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.rest.deps import REQUEST_ID_KEY
-
-MAX_REQUEST_ID = 100
+from gateway.rest.fastpath import request_id_from
 
 
 class RequestIdMiddleware:
@@ -20,7 +17,7 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         given = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"")
-        request_id = given.decode("latin-1") if 0 < len(given) <= MAX_REQUEST_ID else uuid.uuid4().hex
+        request_id = request_id_from(given.decode("latin-1"))
         scope[REQUEST_ID_KEY] = request_id
         encoded = request_id.encode("latin-1")
 

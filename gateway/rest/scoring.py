@@ -2,51 +2,43 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
 from gateway.auth import check_endpoint_access
-from gateway.dataplane import Resolved
-from gateway.rest.deps import DEPLOYMENT_HEADER, Control, Credential, Data, read_body, request_meta
+from gateway.rest.deps import Control, Credential, Data, read_body, request_id
+from gateway.rest.fastpath import ScoreTarget, score
 
 router = APIRouter(tags=["scoring"])
 
 
-async def _answer(request: Request, dataplane: Data, resolve: Callable[[], Resolved]) -> Response:
-    # Read the body first: between resolving a target and counting the request in flight there must be
-    # no await, or a swap could drain and unload the target while this request still reads its body.
+async def _answer(request: Request, dataplane: Data, target: ScoreTarget) -> Response:
     body = await read_body(request, dataplane.gateway.settings.max_body_bytes)
-    resolved = resolve()
-    result = await dataplane.score(resolved, body, request_meta(request))
-    headers = dict(result.headers)
-    if resolved.kind == "endpoint":
-        headers[DEPLOYMENT_HEADER] = resolved.deployment
-    else:
-        headers["x-turnout-model-version"] = resolved.deployment
-    return Response(result.body, status_code=result.status, media_type=result.content_type, headers=headers)
+    status, headers, payload = await score(
+        dataplane, target, request.method, request.url.query, request.headers, body, request_id(request)
+    )
+    return Response(payload, status_code=status, headers=headers)
 
 
+# POSTs to these URLs are answered by rest/fastpath.py before they reach FastAPI; the routes document
+# them, serve GET (as Azure does), and answer the same way through the same score().
 @router.api_route("/endpoints/{endpoint}/score", methods=["POST", "GET"], summary="Score on an endpoint")
-async def score_endpoint(endpoint: str, request: Request, dataplane: Data, credential: Credential) -> Response:
+async def score_endpoint(endpoint: str, request: Request, dataplane: Data) -> Response:
     """The stable scoring URL. The deployment is picked by traffic weight unless the
     `azureml-model-deployment` header pins one; the response names the deployment that served."""
-    pinned = request.headers.get(DEPLOYMENT_HEADER)
-    return await _answer(request, dataplane, lambda: dataplane.resolve_endpoint(endpoint, pinned, credential))
+    return await _answer(request, dataplane, ScoreTarget("endpoint", endpoint))
 
 
 @router.api_route("/models/{model}/score", methods=["POST", "GET"], summary="Score on a model's latest version")
-async def score_model(model: str, request: Request, dataplane: Data, credential: Credential) -> Response:
-    return await _answer(request, dataplane, lambda: dataplane.resolve_model(model, None, credential))
+async def score_model(model: str, request: Request, dataplane: Data) -> Response:
+    return await _answer(request, dataplane, ScoreTarget("model", model))
 
 
 @router.api_route("/models/{model}/versions/{version}/score", methods=["POST", "GET"],
                   summary="Score on one version of a model")
-async def score_model_version(
-    model: str, version: int, request: Request, dataplane: Data, credential: Credential
-) -> Response:
-    return await _answer(request, dataplane, lambda: dataplane.resolve_model(model, version, credential))
+async def score_model_version(model: str, version: int, request: Request, dataplane: Data) -> Response:
+    return await _answer(request, dataplane, ScoreTarget("model", model, version))
 
 
 @router.post("/endpoints/{endpoint}/token", summary="Exchange an endpoint key for an expiring token")

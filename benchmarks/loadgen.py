@@ -1,0 +1,83 @@
+"""A bounded closed-loop HTTP load generator (asyncio + aiohttp), loopback only.
+
+``concurrency`` workers each send a request, wait for the answer, and send the next, until ``requests``
+answers have come back (or ``time_limit`` passes). It reports its own CPU time, since on 2 cores the
+client competes with the servers it measures."""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import time
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+import aiohttp
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass(frozen=True)
+class RunStats:
+    requests: int
+    errors: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    client_cpu_s: float
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+async def _run(url: str, body: bytes, headers: dict[str, str], requests: int, concurrency: int,
+               time_limit: float) -> RunStats:
+    if urlparse(url).hostname not in LOOPBACK:
+        raise ValueError(f"benchmarks only send traffic to loopback addresses, not {url}")
+    latencies: list[float] = []
+    errors = 0
+    remaining = requests
+    deadline = time.monotonic() + time_limit
+    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
+    async with aiohttp.ClientSession(connector=connector, headers={"Accept-Encoding": "identity"}) as session:
+        async def worker() -> None:
+            nonlocal remaining, errors
+            while remaining > 0 and time.monotonic() < deadline:
+                remaining -= 1
+                started = time.perf_counter()
+                try:
+                    async with session.post(url, data=body, headers=headers) as response:
+                        await response.read()
+                        ok = response.status == 200
+                except aiohttp.ClientError:
+                    ok = False
+                latencies.append(time.perf_counter() - started)
+                errors += 0 if ok else 1
+
+        async def warm() -> None:
+            async with session.post(url, data=body, headers=headers) as response:
+                await response.read()
+
+        # Warm-up: open the connections and wake the server before the clock starts.
+        await asyncio.gather(*(warm() for _ in range(concurrency)))
+        cpu_before = resource.getrusage(resource.RUSAGE_SELF)
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        seconds = time.perf_counter() - started
+        cpu_after = resource.getrusage(resource.RUSAGE_SELF)
+    client_cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
+    return RunStats(len(latencies), errors, seconds, _percentile(latencies, 0.5) * 1e3,
+                    _percentile(latencies, 0.99) * 1e3, client_cpu)
+
+
+def run_load(url: str, body: bytes, headers: dict[str, str], requests: int, concurrency: int,
+             time_limit: float = 120.0) -> RunStats:
+    return asyncio.run(_run(url, body, headers, requests, concurrency, time_limit))
