@@ -33,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere in the checkout
 
-from benchmarks.loadgen import RunStats, run_load  # noqa: E402
+from benchmarks.loadgen import RunStats, run_load, run_wrk  # noqa: E402
 from benchmarks.procstats import tree_cpu_seconds  # noqa: E402
 from gateway.triton_http import HEADER_LENGTH, encode_request  # noqa: E402
 from packager.build import build_entry  # noqa: E402
@@ -192,9 +192,12 @@ class Result:
     server_cpu_ms: float
 
 
-def measure(target: Target, requests: int, concurrency: int) -> Result:
+def measure(target: Target, requests: int, concurrency: int, client: str, seconds: float) -> Result:
     before = tree_cpu_seconds(target.roots)
-    stats = run_load(target.url, target.body, target.headers, requests, concurrency)
+    if client == "wrk":
+        stats = run_wrk(target.url, target.body, target.headers, seconds, concurrency)
+    else:
+        stats = run_load(target.url, target.body, target.headers, requests, concurrency)
     after = tree_cpu_seconds(target.roots)
     return Result(stats, (after - before) * 1e3 / max(stats.requests, 1))
 
@@ -233,6 +236,7 @@ def median_result(results: list[Result]) -> dict[str, float]:
 def render(table: dict[tuple[str, int], dict[str, dict[str, float]]], limits: dict[str, float],
            meta: dict[str, object]) -> str:
     lines = [f"# Turnout benchmark, {meta['when']}", "",
+             f"Load generator: {meta['client']}. "
              f"{meta['rounds']} interleaved rounds, medians; {meta['requests']} requests per run "
              f"(payload-1mb: a tenth); machine: {os.cpu_count()} cores. Server CPU counts every process of "
              "the system (gateway + Triton + stubs; Triton + stubs; gunicorn + workers). Client CPU is the "
@@ -261,6 +265,9 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--workloads", nargs="+", default=None, help="subset of workload names")
     parser.add_argument("--quick", action="store_true", help="1 round, 500 requests: a smoke run")
+    parser.add_argument("--client", choices=["python", "wrk"], default="python",
+                        help="load generator: the async Python client (count-bounded) or wrk (time-bounded)")
+    parser.add_argument("--seconds", type=float, default=5.0, help="run length with --client wrk")
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.requests = 1, 500
@@ -299,7 +306,7 @@ def main() -> int:
             for round_number in range(args.rounds):
                 for concurrency in args.concurrency:
                     for target in targets:  # A, B, C, D, A, B, C, D ...
-                        result = measure(target, requests, concurrency)
+                        result = measure(target, requests, concurrency, args.client, args.seconds)
                         runs.setdefault((concurrency, target.system), []).append(result)
                         print(f"  {workload.name} c={concurrency} round {round_number + 1} {target.system}: "
                               f"{result.stats.rps:,.0f} req/s, p99 {result.stats.p99_ms:.1f} ms, "
@@ -311,7 +318,8 @@ def main() -> int:
                 servers.remove(server)
             limits[workload.name] = in_process_limit(workload, scratch)
         meta = {"when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "rounds": args.rounds,
-                "requests": args.requests}
+                "requests": args.requests if args.client == "python" else f"{args.seconds:g} s of wrk",
+                "client": args.client}
         report = render(dict(sorted(table.items())), limits, meta)
         print(report)
         out = HERE / "results" / f"{datetime.now(UTC):%Y%m%d-%H%M%S}.md"

@@ -198,7 +198,7 @@ class ControlPlane:
                 self.state.record_history(db, name, "delete", {})
             self.gateway.rebuild_routes()
             for record in deployments:
-                await self._retire(record.endpoint, record.name, self.gateway.placements.pop((name, record.name), None))
+                await self._retire(self.gateway.placements.pop((name, record.name), None))
 
     # --- keys and tokens ---
     def get_credentials(self, name: str) -> dict[str, Any]:
@@ -307,24 +307,21 @@ class ControlPlane:
             })
         self.gateway.rebuild_routes()
         if old is not None and old.entry != record.entry:
-            await self._retire_placement(old)
+            await self._retire(old)
         return self.deployment_view(record)
 
     async def _discard_entry(self, entry: str, placement: Placement) -> None:
         await self.gateway.unload_entry(entry, placement.nodes)
         await asyncio.to_thread(shutil.rmtree, self.gateway.settings.deployments_repository / entry, True)
 
-    async def _retire_placement(self, placement: Placement) -> None:
+    async def _retire(self, placement: Placement | None) -> None:
         """Drain an entry that no longer takes new requests, then unload and remove it."""
-        await self.gateway.retire(placement, "unloaded", "replaced by a newer generation", remove_dir=True)
-
-    async def _retire(self, endpoint: str, name: str, placement: Placement | None) -> None:
         if placement is not None:
-            await self._retire_placement(placement)
+            await self.gateway.retire(placement, "unloaded", "no longer served", remove_dir=True)
 
     async def delete_deployment(self, endpoint: str, name: str) -> None:
         async with self.gateway.control_lock:
-            record = self._deployment(endpoint, name)
+            self._deployment(endpoint, name)  # 404 names the known deployments
             endpoint_record = self._endpoint(endpoint)
             if endpoint_record.traffic.get(name, 0) > 0:
                 raise Conflict(f"deployment {name!r} takes {endpoint_record.traffic[name]}% of traffic; "
@@ -337,7 +334,7 @@ class ControlPlane:
                 self.state.delete_deployment(db, endpoint, name)
                 self.state.record_history(db, endpoint, "delete-deployment", {"deployment": name})
             self.gateway.rebuild_routes()
-            await self._retire(endpoint, record.name, self.gateway.placements.pop((endpoint, name), None))
+            await self._retire(self.gateway.placements.pop((endpoint, name), None))
 
     def openapi(self, endpoint: str, deployment: str | None) -> dict[str, Any]:
         """The scoring URL's OpenAPI document, from the deployment taking the most traffic (or the one named)."""

@@ -258,8 +258,13 @@ class Gateway:
         return "\n".join(parts)
 
     async def reconcile_nodes(self) -> None:
-        """Unload what a node has loaded that nothing here serves (left over from a killed gateway)."""
+        """Unload what a node has loaded that nothing here serves and no repository holds any more
+        (left over from a killed gateway). An entry still in a repository belongs to the drop zone."""
         expected = {loaded.entry for loaded in self.loaded() if loaded.nodes}
+        for repository in (self.settings.repository, self.settings.built_repository,
+                           self.settings.deployments_repository):
+            if repository.is_dir():
+                expected |= {p.name for p in repository.iterdir() if (p / "config.pbtxt").is_file()}
         for node in self.nodes.values():
             try:
                 index = await node.index()

@@ -108,15 +108,24 @@ class DropZone:
         self._stop.set()
 
     # --- finding work ---
-    async def initial_scan(self) -> None:
+    async def initial_scan(self, settle_timeout: float = 30.0) -> None:
         items = sorted(p.name for p in self.repository.iterdir()) if self.repository.is_dir() else []
-        recent = time.time() - self.quiet
         for name in items:
-            if _newest_change(self.repository / name) > recent:
-                self.pending[name] = time.monotonic()  # still being written: the watcher decides
-            else:
+            if await self._quiet(self.repository / name, settle_timeout):
                 await self.process(name)
+            else:
+                self.pending[name] = time.monotonic()  # still being written: the watcher decides
         await asyncio.to_thread(self._remove_orphan_builds)
+
+    async def _quiet(self, path: Path, timeout: float) -> bool:
+        """Wait (bounded) until nothing in ``path`` changed for the quiet period."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            idle = time.time() - _newest_change(path)
+            if idle >= self.quiet:
+                return True
+            await asyncio.sleep(self.quiet - idle + 0.05)
+        return False
 
     async def watch(self) -> None:
         settle = asyncio.create_task(self._settle_loop(), name="turnout-drop-settle")

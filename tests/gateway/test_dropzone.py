@@ -314,3 +314,16 @@ def test_sigkill_during_a_swap_converges_on_restart(tmp_path: Path) -> None:
         assert built == ["drop.swap.v2"]
     finally:
         second.stop()
+
+
+def test_entry_built_just_before_start_is_served_without_the_watcher(tmp_path: Path) -> None:
+    """A gateway started right after a build (with --no-watch) waits for the entry to settle and loads it;
+    it never mistakes it for an orphan to unload."""
+    repository = tmp_path / "repository"
+    subprocess.run([str(BIN / "packager"), "build", str(EXAMPLES / "schema-azure"), "-r", str(repository)],
+                   check=True, capture_output=True)
+    server = GatewayProcess(repository, tmp_path / "state", "--no-watch").start()
+    try:
+        assert post(server, "/models/schema-azure/score", b'{"data": [[1, 2, 3]]}').json() == {"predictions": [6.5]}
+    finally:
+        server.stop()
