@@ -16,7 +16,6 @@ message) for the gateway, and whose Triton code gives direct Triton clients the 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import triton_python_backend_utils as pb_utils
 
 from turnout.errors import TRITON_CODE_FOR_STATUS, BadInput, TurnoutError
@@ -83,14 +83,14 @@ def _meta_from(raw: bytes | None) -> RequestMeta:
     if not raw:
         return RequestMeta()
     try:
-        fields = json.loads(raw)
+        fields = orjson.loads(raw)
         return RequestMeta(
             method=str(fields.get("method", "POST")).upper(),
             path=str(fields.get("path", "/score")),
             query=str(fields.get("query", "")),
             headers={str(k): str(v) for k, v in dict(fields.get("headers", {})).items()},
         )
-    except (ValueError, TypeError, AttributeError) as exc:
+    except (orjson.JSONDecodeError, ValueError, TypeError, AttributeError) as exc:
         raise BadInput(f"the META input is not a JSON object of request facts: {exc}") from None
 
 
@@ -170,8 +170,7 @@ class TritonPythonModel:
         ok = [r for r in mine if isinstance(r, ScoringResult)]
         bodies = np.array([[r.body] for r in ok], dtype=np.object_)
         metas = np.array(
-            [[json.dumps({"status": r.status, "content_type": r.content_type, "headers": r.headers}).encode()]
-             for r in ok],
+            [[orjson.dumps({"status": r.status, "content_type": r.content_type, "headers": r.headers})] for r in ok],
             dtype=np.object_,
         )
         return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("BODY", bodies), pb_utils.Tensor("META", metas)])

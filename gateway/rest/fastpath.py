@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from gateway.rest.errors import render_error
 from turnout.errors import PayloadTooLarge, TurnoutError
 
 log = logging.getLogger("turnout.gateway.http")
+# One JSON line per scoring request (request id, target, deployment, status, time) at INFO.
+access_log = logging.getLogger("turnout.gateway.access")
 
 DEPLOYMENT_HEADER = "azureml-model-deployment"
 MAX_REQUEST_ID = 100
@@ -108,6 +111,7 @@ async def _send(send: Send, status: int, headers: dict[str, str], body: bytes) -
 
 
 async def handle(dataplane: DataPlane, target: ScoreTarget, scope: Scope, receive: Receive, send: Send) -> None:
+    started = time.perf_counter()
     headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
     request_id = request_id_from(headers.get("x-request-id"))
     try:
@@ -123,3 +127,9 @@ async def handle(dataplane: DataPlane, target: ScoreTarget, scope: Scope, receiv
         status, answer, payload = render_error(TurnoutError("internal error"), request_id, scope["path"])
     answer["x-request-id"] = request_id
     await _send(send, status, answer, payload)
+    if access_log.isEnabledFor(logging.INFO):
+        access_log.info(orjson.dumps({
+            "request_id": request_id, target.kind: target.name, "status": status,
+            "deployment": answer.get(DEPLOYMENT_HEADER) or answer.get("x-turnout-model-version"),
+            "ms": round((time.perf_counter() - started) * 1e3, 3),
+        }).decode())

@@ -322,8 +322,14 @@ def test_entry_built_just_before_start_is_served_without_the_watcher(tmp_path: P
     repository = tmp_path / "repository"
     subprocess.run([str(BIN / "packager"), "build", str(EXAMPLES / "schema-azure"), "-r", str(repository)],
                    check=True, capture_output=True)
-    server = GatewayProcess(repository, tmp_path / "state", "--no-watch").start()
+    server = GatewayProcess(repository, tmp_path / "state", "--no-watch", "--log-level", "info").start()
     try:
-        assert post(server, "/models/schema-azure/score", b'{"data": [[1, 2, 3]]}').json() == {"predictions": [6.5]}
+        response = httpx.post(f"{server.url}/models/schema-azure/score", content=b'{"data": [[1, 2, 3]]}',
+                              headers={**server.admin, "x-request-id": "trace-7"})
+        assert response.json() == {"predictions": [6.5]}
     finally:
         server.stop()
+    # One structured access line per scoring request.
+    access = [json.loads(line.split("turnout.gateway.access: ", 1)[1])
+              for line in server.log.read_text().splitlines() if "turnout.gateway.access: " in line]
+    assert {"request_id": "trace-7", "model": "schema-azure", "status": 200, "deployment": "1"}.items() <= access[-1].items()
