@@ -97,7 +97,8 @@ def _newest_change(path: Path) -> float:
 class DropZone:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        self.repository = gateway.settings.repository
+        # Absolute: watchfiles reports absolute paths, which a relative repository never matches.
+        self.repository = gateway.settings.repository.resolve()
         self.quiet = gateway.settings.drop_quiet_seconds
         self.seen: dict[str, str] = {}  # item -> fingerprint it was last acted on with
         self.pending: dict[str, float] = {}  # item -> monotonic time of its last change

@@ -25,8 +25,8 @@ ROLLOUT = FIXTURES / "rollout"
 
 
 class GatewayProcess:
-    def __init__(self, repository: Path, state: Path, *args: str) -> None:
-        self.repository, self.state, self.args = repository, state, args
+    def __init__(self, repository: Path, state: Path, *args: str, cwd: Path | None = None) -> None:
+        self.repository, self.state, self.args, self.cwd = repository, state, args, cwd
         self.port = free_port()
         self.grpc_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -49,7 +49,8 @@ class GatewayProcess:
         command = [str(BIN / "gateway"), "serve", "--repository", str(self.repository), "--state", str(self.state),
                    "--port", str(self.port), "--grpc-port", str(self.grpc_port), "--log-level", "warning", *self.args]
         with open(self.log, "ab") as out:
-            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            cwd=self.cwd)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

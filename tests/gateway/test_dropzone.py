@@ -333,3 +333,17 @@ def test_entry_built_just_before_start_is_served_without_the_watcher(tmp_path: P
     access = [json.loads(line.split("turnout.gateway.access: ", 1)[1])
               for line in server.log.read_text().splitlines() if "turnout.gateway.access: " in line]
     assert {"request_id": "trace-7", "model": "schema-azure", "status": 200, "deployment": "1"}.items() <= access[-1].items()
+
+
+def test_drops_are_seen_with_a_relative_repository_path(tmp_path: Path) -> None:
+    """As the README runs it: `gateway serve --repository model_repository` from the checkout."""
+    (tmp_path / "model_repository").mkdir()
+    server = GatewayProcess(Path("model_repository"), tmp_path / "state", "--drop-quiet-seconds", "0.3",
+                            cwd=tmp_path).start()
+    try:
+        shutil.move(str(package(tmp_path / "src", "relative", VERSIONED.format(version=1))),
+                    tmp_path / "model_repository" / "relative")
+        wait_ready(server, "relative", 1)
+        assert post(server, "/models/relative/score").json() == {"version": 1}
+    finally:
+        server.stop()
