@@ -40,7 +40,7 @@ def preprocess(payload):
     try:
         rows = np.asarray(payload["data"], dtype=np.float32)
     except (KeyError, TypeError, ValueError) as exc:
-        raise BadInput(f'expected {{"data": [[{len_hint} numbers], ...]}}: {{exc}}') from None
+        raise BadInput(f'expected {{{{"data": [[{len_hint} numbers], ...]}}}}: {{exc}}') from None
     if rows.ndim != 2 or rows.shape[1] != weights.shape[0]:
         raise BadInput(f"expected rows of {{weights.shape[0]}} numbers, got shape {{rows.shape}}")
     return rows

@@ -65,6 +65,9 @@ def test_packager_test_serves_on_real_triton(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text('{"data": [[1]]}')
     bad = packager("test", str(pkg), "--request-file", str(tmp_path / "bad.json"), registry=tmp_path, check=False)
     assert bad.returncode == 1 and "HTTP 400" in bad.stdout
+    (tmp_path / "nodata.json").write_text('{"rows": [[1, 2, 3]]}')
+    nodata = packager("test", str(pkg), "--request-file", str(tmp_path / "nodata.json"), registry=tmp_path, check=False)
+    assert "HTTP 400" in nodata.stdout and 'expected {"data": [[3 numbers], ...]}' in nodata.stdout
     broken = packager("test", str(FIXTURES / "broken" / "init_raises"), "--request-file", str(tmp_path / "bad.json"),
                       registry=tmp_path, check=False)
     assert broken.returncode == 1 and "boom in init" in broken.stderr

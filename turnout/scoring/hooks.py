@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from turnout.errors import ScriptFailed, TurnoutError
+from turnout.errors import BadInput, ScriptFailed, TurnoutError
 from turnout.scoring import codec
 from turnout.scoring.base import Scorer
 from turnout.scoring.guard import call_user
@@ -26,10 +26,20 @@ def _identity(value: Any) -> Any:
     return value
 
 
+# Media types under which a body that parses as JSON is taken as JSON: what clients send when they do
+# not say (curl -d sends form-urlencoded). Binary media (images, audio, octet-stream) stay bytes.
+_MAYBE_JSON = frozenset({"", "application/x-www-form-urlencoded", "text/plain"})
+
+
 def _decode_payload(request: ScoringRequest) -> Any:
     """JSON bodies are parsed; other media types (images, audio) reach preprocess as bytes."""
     if request.meta.is_json:
         return codec.loads(request.body)
+    if request.meta.content_type.split(";", 1)[0].strip().lower() in _MAYBE_JSON:
+        try:
+            return codec.loads(request.body)
+        except BadInput:
+            pass
     return request.body
 
 

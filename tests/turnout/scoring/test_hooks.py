@@ -72,6 +72,14 @@ def test_predict_returning_the_wrong_length_is_the_scripts_failure() -> None:
     assert all(isinstance(r, ScriptFailed) and "expected 2 rows" in r.message for r in stacked)
 
 
+def test_undeclared_or_form_bodies_that_are_json_are_parsed() -> None:
+    s = scorer(preprocess=lambda p: {"type": type(p).__name__})
+    for content_type in ("application/x-www-form-urlencoded", "text/plain"):  # curl -d, and plain text
+        meta = RequestMeta(headers={"Content-Type": content_type})
+        assert s.score([ScoringRequest(b'{"data": 1}', meta)])[0].body == b'{"type":"dict"}'
+        assert s.score([ScoringRequest(b"a=1&b=2", meta)])[0].body == b'{"type":"bytes"}'
+
+
 def test_non_json_media_reaches_preprocess_as_bytes() -> None:
     s = scorer(preprocess=lambda p: {"size": len(p), "type": type(p).__name__})
     result = s.score([ScoringRequest(b"\x89PNG", RequestMeta(headers={"Content-Type": "image/png"}))])[0]
