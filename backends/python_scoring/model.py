@@ -99,14 +99,6 @@ def _meta_from(raw: bytes | None) -> RequestMeta:
 _PROBE_ANSWER = ScoringResult(body=b"", status=204)
 
 
-def _is_probe(request: Any) -> bool:
-    meta = pb_utils.get_input_tensor_by_name(request, "META")
-    if meta is None:
-        return False
-    first = meta.as_numpy().reshape(-1)[:1]
-    return len(first) == 1 and _as_bytes(first[0]).startswith(b'{"probe":true')
-
-
 def _as_bytes(value: Any) -> bytes:
     return value if isinstance(value, bytes) else str(value).encode("utf-8")
 
@@ -125,12 +117,15 @@ class TritonPythonModel:
             # Triton reports this message from the load API; the traceback is already in the log.
             raise pb_utils.TritonModelException(exc.message) from None
 
-    def _decode(self, request: Any) -> list[ScoringRequest]:
+    def _decode(self, request: Any) -> list[ScoringRequest] | None:
+        """The request's bodies with their HTTP facts; None for the gateway's health probe."""
+        meta_tensor = pb_utils.get_input_tensor_by_name(request, "META")
+        metas = meta_tensor.as_numpy().reshape(-1) if meta_tensor is not None else None
+        if metas is not None and len(metas) and _as_bytes(metas[0]).startswith(b'{"probe":true'):
+            return None
         bodies = pb_utils.get_input_tensor_by_name(request, "BODY")
         if bodies is None:
             raise BadInput("the request has no BODY input")
-        meta_tensor = pb_utils.get_input_tensor_by_name(request, "META")
-        metas = meta_tensor.as_numpy().reshape(-1) if meta_tensor is not None else None
         decoded = []
         for i, body in enumerate(bodies.as_numpy().reshape(-1)):
             meta = _meta_from(metas[min(i, len(metas) - 1)] if metas is not None and len(metas) else None)
@@ -143,11 +138,11 @@ class TritonPythonModel:
         flat: list[ScoringRequest] = []
         spans: list[tuple[int, int] | TurnoutError | None] = []
         for request in requests:
-            if _is_probe(request):
-                spans.append(None)
-                continue
             try:
                 decoded = self._decode(request)
+                if decoded is None:
+                    spans.append(None)
+                    continue
                 spans.append((len(flat), len(flat) + len(decoded)))
                 flat.extend(decoded)
             except TurnoutError as exc:
