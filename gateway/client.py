@@ -6,9 +6,8 @@ from typing import Any
 
 import httpx
 
+from gateway.routing import DEPLOYMENT_HEADER
 from turnout.errors import BY_CODE, NodeUnreachable, TurnoutError
-
-DEPLOYMENT_HEADER = "azureml-model-deployment"
 
 
 def _raise_for(response: httpx.Response) -> None:

@@ -17,10 +17,11 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from gateway.auth import bearer
 from gateway.dataplane import DataPlane, Resolved
 from gateway.nodes import Node
+from gateway.routing import DEPLOYMENT_HEADER
 from turnout.errors import GRPC_CODE_FOR_STATUS, NodeUnreachable, TurnoutError, from_wire
 
 log = logging.getLogger("turnout.gateway.grpc")
-PIN = "azureml-model-deployment"
+PIN = DEPLOYMENT_HEADER
 
 
 class _Stubs:

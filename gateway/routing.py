@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from gateway.nodes import Node
 from turnout.errors import NodeUnreachable, NotFound, NotReady
 
+# Azure's header (and gRPC metadata key) that pins a deployment, and names the one that served.
+DEPLOYMENT_HEADER = "azureml-model-deployment"
+
 
 @dataclass(frozen=True)
 class Target:

@@ -13,7 +13,6 @@ from gateway.dataplane import DataPlane
 from turnout.errors import PayloadTooLarge, Unauthorized
 
 REQUEST_ID_KEY = "turnout.request_id"
-DEPLOYMENT_HEADER = "azureml-model-deployment"
 
 
 class JSONBody(Response):

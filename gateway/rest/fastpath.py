@@ -19,13 +19,13 @@ from starlette.types import Receive, Scope, Send
 from gateway.auth import bearer
 from gateway.dataplane import DataPlane
 from gateway.rest.errors import render_error
+from gateway.routing import DEPLOYMENT_HEADER
 from turnout.errors import PayloadTooLarge, TurnoutError
 
 log = logging.getLogger("turnout.gateway.http")
 # One JSON line per scoring request (request id, target, deployment, status, time) at INFO.
 access_log = logging.getLogger("turnout.gateway.access")
 
-DEPLOYMENT_HEADER = "azureml-model-deployment"
 MAX_REQUEST_ID = 100
 _SCORE_PATH = re.compile(
     r"^/(?:models/(?P<model>[^/]+)(?:/versions/(?P<version>\d+))?|endpoints/(?P<endpoint>[^/]+))/score$"

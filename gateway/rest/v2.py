@@ -10,7 +10,8 @@ import orjson
 from fastapi import APIRouter, Request, Response
 
 from gateway.dataplane import Resolved
-from gateway.rest.deps import DEPLOYMENT_HEADER, Credential, Data, read_body
+from gateway.rest.deps import Credential, Data, read_body
+from gateway.routing import DEPLOYMENT_HEADER
 from gateway.triton_http import HEADER_LENGTH
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol"])
