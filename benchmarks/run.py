@@ -30,6 +30,8 @@ import numpy as np
 import yaml
 
 HERE = Path(__file__).resolve().parent
+SYSTEMS = ("turnout", "triton-direct", "azml-w1", "azml-w2", "turnout-uncoalesced")
+DEFAULT_SYSTEMS = SYSTEMS[:4]  # turnout-uncoalesced: the gateway with --coalesce-depth 0, on request
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere in the checkout
 
@@ -156,18 +158,18 @@ def start_azml(azmlinfsrv: Path, workload: Workload, workers: int, scratch: Path
     return server
 
 
-def start_gateway(triton: EmbeddedTriton, repository: Path, scratch: Path, log: Path) -> Server:
+def start_gateway(triton: EmbeddedTriton, repository: Path, scratch: Path, name: str, extra: list[str]) -> Server:
     port = free_port()
     nodes = scratch / "nodes.yaml"
     nodes.write_text(yaml.safe_dump({"nodes": [{"name": "bench", "url": triton.http_url,
                                                 "grpc_url": triton.grpc_url, "pool": "cpu"}]}))
     gateway = Path(sys.executable).parent / "gateway"
     command = [str(gateway), "serve", "--nodes", str(nodes), "--repository", str(repository),
-               "--state", str(scratch / "gateway-state"), "--port", str(port), "--allow-anonymous",
-               "--no-watch", "--log-level", "warning"]
-    with open(log, "ab") as out:
+               "--state", str(scratch / f"{name}-state"), "--port", str(port), "--allow-anonymous",
+               "--no-watch", "--log-level", "warning", *extra]
+    with open(scratch / f"{name}.log", "ab") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    server = Server("turnout", process, f"http://127.0.0.1:{port}", [process.pid])
+    server = Server(name, process, f"http://127.0.0.1:{port}", [process.pid])
     wait_http(f"http://127.0.0.1:{port}/readyz", process)
     while httpx.get(f"http://127.0.0.1:{port}/readyz").status_code != 200:
         time.sleep(0.2)
@@ -240,7 +242,8 @@ def render(table: dict[tuple[str, int], dict[str, dict[str, float]]], limits: di
              f"{meta['rounds']} interleaved rounds, medians; {meta['requests']} requests per run "
              f"(payload-1mb: a tenth); machine: {os.cpu_count()} cores. Server CPU counts every process of "
              "the system (gateway + Triton + stubs; Triton + stubs; gunicorn + workers). Client CPU is the "
-             "load generator's share of one core.", "",
+             "load generator's share of one core."
+             + (f" Gateway started with `{meta['gateway_args']}`." if meta.get("gateway_args") else ""), "",
              "| workload | clients | system | req/s | p50 ms | p99 ms | errors | server CPU ms/req | client CPU "
              "| vs azml best | vs Triton direct |",
              "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -268,11 +271,16 @@ def main() -> int:
     parser.add_argument("--client", choices=["python", "wrk"], default="python",
                         help="load generator: the async Python client (count-bounded) or wrk (time-bounded)")
     parser.add_argument("--seconds", type=float, default=5.0, help="run length with --client wrk")
+    parser.add_argument("--systems", nargs="+", default=None, choices=SYSTEMS,
+                        help="subset of systems (default: all; ratios need azml-w1/azml-w2 and triton-direct)")
+    parser.add_argument("--gateway-arg", action="append", default=[], metavar="ARG",
+                        help="extra 'gateway serve' argument, e.g. --gateway-arg=--coalesce-depth=0")
     args = parser.parse_args()
+    systems = set(args.systems or DEFAULT_SYSTEMS)
     if args.quick:
         args.rounds, args.requests = 1, 500
     items = [w for w in workloads() if args.workloads is None or w.name in args.workloads]
-    azmlinfsrv = ensure_azml_venv()
+    azmlinfsrv = ensure_azml_venv() if systems & {"azml-w1", "azml-w2"} else Path()
     scratch = Path(tempfile.mkdtemp(prefix="turnout-bench-"))
     servers: list[Server] = []
     triton: EmbeddedTriton | None = None
@@ -284,23 +292,31 @@ def main() -> int:
             for workload in items:
                 client.load(f"bench-{workload.name}")
         triton_pid = triton._process.pid if triton._process else 0
-        gateway = start_gateway(triton, repository, scratch, scratch / "gateway.log")
+        gateway = start_gateway(triton, repository, scratch, "gateway", args.gateway_arg)
         servers.append(gateway)
+        uncoalesced = None
+        if "turnout-uncoalesced" in systems:
+            uncoalesced = start_gateway(triton, repository, scratch, "uncoalesced", [*args.gateway_arg, "--coalesce-depth=0"])
+            servers.append(uncoalesced)
         table: dict[tuple[str, int], dict[str, dict[str, float]]] = {}
         limits: dict[str, float] = {}
         for workload in items:
             azml = [start_azml(azmlinfsrv, workload, workers, scratch, scratch / f"azml-{workload.name}.log")
-                    for workers in (1, 2)]
+                    for workers in (1, 2) if f"azml-w{workers}" in systems]
             servers.extend(azml)
             payload, header_length = encode_request(workload.body, b'{"method":"POST","headers":{}}')
             targets = [
                 Target("turnout", f"{gateway.url}/models/bench-{workload.name}/score", workload.body,
                        {"Content-Type": "application/json"}, [gateway.process.pid, triton_pid]),
+                *([Target("turnout-uncoalesced", f"{uncoalesced.url}/models/bench-{workload.name}/score",
+                          workload.body, {"Content-Type": "application/json"}, [uncoalesced.process.pid, triton_pid])]
+                  if uncoalesced else []),
                 Target("triton-direct", f"{triton.http_url}/v2/models/bench-{workload.name}/infer", payload,
                        {HEADER_LENGTH: str(header_length), "Content-Type": "application/octet-stream"},
                        [triton_pid]),
                 *[Target(s.name, s.url, workload.body, {"Content-Type": "application/json"}, s.roots) for s in azml],
             ]
+            targets = [t for t in targets if t.system in systems]
             requests = max(50, int(args.requests * workload.requests_factor))
             runs: dict[tuple[int, str], list[Result]] = {}
             for round_number in range(args.rounds):
@@ -319,7 +335,7 @@ def main() -> int:
             limits[workload.name] = in_process_limit(workload, scratch)
         meta = {"when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "rounds": args.rounds,
                 "requests": args.requests if args.client == "python" else f"{args.seconds:g} s of wrk",
-                "client": args.client}
+                "client": args.client, "gateway_args": " ".join(args.gateway_arg)}
         report = render(dict(sorted(table.items())), limits, meta)
         print(report)
         out = HERE / "results" / f"{datetime.now(UTC):%Y%m%d-%H%M%S}.md"

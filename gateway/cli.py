@@ -88,6 +88,8 @@ def serve(
     watch: Annotated[bool, typer.Option(help="Watch the repository for dropped packages.")] = True,
     health_interval_seconds: Annotated[float, typer.Option(help="Node health and crash probe period.")] = 5.0,
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body (413 above).")] = 100 * 1024 * 1024,
+    coalesce_depth: Annotated[int, typer.Option(
+        help="Triton requests in flight per model before concurrent requests share one (0: off).")] = 4,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
 ) -> None:
     """Run the gateway (and, without --nodes, an embedded Triton on the repository)."""
@@ -101,7 +103,7 @@ def serve(
         repository=repository, state_dir=state, host=host, port=port, grpc_port=grpc_port, nodes_file=nodes,
         admin_key=admin_key, allow_anonymous=allow_anonymous, token_ttl_seconds=token_ttl_seconds,
         max_body_bytes=max_body_bytes, keep_versions=keep_versions, drop_quiet_seconds=drop_quiet_seconds,
-        watch=watch, health_interval_seconds=health_interval_seconds,
+        watch=watch, health_interval_seconds=health_interval_seconds, coalesce_depth=coalesce_depth,
     )
     typer.echo(f"Turnout gateway on http://{host}:{port} (repository {repository}, state {state})")
     typer.echo(f"admin key: {state / 'admin.key'}" if admin_key is None else "admin key: from --admin-key")

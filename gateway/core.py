@@ -29,7 +29,7 @@ from gateway.settings import GatewaySettings
 from gateway.state import DeploymentRecord, StateStore
 from packager.registry import Registry
 from turnout.errors import NotReady, TurnoutError
-from turnout.triton.config import EntryConfig, InstanceKind, build_model_config
+from turnout.triton.config import EntryConfig, InstanceKind, build_model_config, coalescing_limit
 from turnout.triton.embedded import EmbeddedTriton
 
 log = logging.getLogger("turnout.gateway")
@@ -77,6 +77,7 @@ class Placement(Loaded):
     """Where a deployment's current generation is loaded."""
 
     state: str = "creating"
+    max_batch: int = 1  # scoring requests one Triton request may carry (gateway/coalesce.py)
 
 
 @dataclass
@@ -111,7 +112,7 @@ class Gateway:
         # ends. Startup blocks the loop for well under a second, before anything is served.
         specs = self._node_specs()
         timeout = self.settings.upstream_timeout_seconds
-        self.nodes = {spec.name: Node(spec, timeout) for spec in specs}
+        self.nodes = {spec.name: Node(spec, timeout, self.settings.coalesce_depth, self.metrics) for spec in specs}
         for node in self.nodes.values():
             self.metrics.node_up.labels(node.name, node.spec.pool).set(1)
         self.dropzone = DropZone(self)
@@ -327,7 +328,7 @@ class Gateway:
         ordered = sorted(pool, key=lambda n: (load[n.name] >= n.spec.capacity, load[n.name], n.name))
         return pool_name, ordered[: min(record.instance_count, len(ordered))]
 
-    def entry_config(self, record: DeploymentRecord, node: Node, nodes_used: int) -> dict[str, Any]:
+    def entry_config(self, record: DeploymentRecord, node: Node, nodes_used: int) -> mc.ModelConfig:
         """Load-time config for a node: its instance kind; the deployment's instances spread over nodes."""
         config = build_model_config(EntryConfig(
             name=record.entry,
@@ -342,14 +343,17 @@ class Gateway:
                 config.dynamic_batching.CopyFrom(built.dynamic_batching)
             else:
                 config.ClearField("dynamic_batching")
-        return json_format.MessageToDict(config, preserving_proto_field_name=True)
+        return config
 
     async def place(self, record: DeploymentRecord) -> Placement:
         """Load the record's entry on nodes of its pool; the result says ready or failed (and why)."""
         placement = Placement(entry=record.entry)
         try:
             record.pool, nodes = self.choose_nodes(record)
-            placement.configs = {node.name: self.entry_config(record, node, len(nodes)) for node in nodes}
+            configs = {node.name: self.entry_config(record, node, len(nodes)) for node in nodes}
+            placement.max_batch = min(coalescing_limit(c) for c in configs.values())
+            placement.configs = {name: json_format.MessageToDict(c, preserving_proto_field_name=True)
+                                 for name, c in configs.items()}
             await asyncio.gather(*(node.load(record.entry, placement.configs[node.name]) for node in nodes))
             placement.nodes, placement.state = tuple(nodes), "ready"
         except TurnoutError as exc:
@@ -378,7 +382,7 @@ class Gateway:
         models: dict[str, dict[int, Served]] = {}
         for status in self.models.values():
             info = status.info
-            target = Target(info.entry, status.nodes) if status.state == "ready" else None
+            target = Target(info.entry, status.nodes, info.max_batch) if status.state == "ready" else None
             served = Served(target, status.state, status.reason, kind=info.kind)
             models.setdefault(info.name, {})[info.version] = served
         endpoints = {}
@@ -392,7 +396,8 @@ class Gateway:
                 if placement is None:  # not placed yet since this gateway started
                     served = Served(None, "loading", "being placed on its nodes", timeout=record.request_timeout_seconds)
                 else:
-                    target = Target(placement.entry, placement.nodes) if placement.state == "ready" else None
+                    target = (Target(placement.entry, placement.nodes, placement.max_batch)
+                              if placement.state == "ready" else None)
                     served = Served(target, placement.state, placement.reason, max_inflight=limit,
                                     timeout=record.request_timeout_seconds)
                 served_deployments[record.name] = served

@@ -80,7 +80,8 @@ class DataPlane:
         return await self._call(resolved, body, meta)
 
     async def _call(self, resolved: Resolved, body: bytes, meta: bytes) -> ScoringResult:
-        result = await self.guarded(resolved, lambda node: node.score(resolved.target.entry, body, meta))
+        target = resolved.target
+        result = await self.guarded(resolved, lambda node: node.score(target.entry, body, meta, target.max_batch))
         return result  # type: ignore[no-any-return]
 
     async def forward(self, resolved: Resolved, method: str, suffix: str, body: bytes,

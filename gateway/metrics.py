@@ -26,6 +26,10 @@ class Metrics:
         )
         self.node_up = Gauge("turnout_node_up", "1 when the Triton node answers its health check.",
                              ["node", "pool"], registry=self.registry)
+        self.coalesced = Histogram(
+            "turnout_upstream_batch_size", "Scoring requests carried by each Triton request (coalescing).",
+            ["node", "entry"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=self.registry,
+        )
         self.restarts = Counter("turnout_entry_restarts", "Entries restarted after their process crashed.",
                                 ["entry"], registry=self.registry)
 

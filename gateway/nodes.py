@@ -8,6 +8,7 @@ hot path builds nothing per request and Triton's batcher sees concurrent request
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -16,7 +17,9 @@ import aiohttp
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gateway.triton_http import decode_response, encode_request
+from gateway.coalesce import Coalescer
+from gateway.metrics import Metrics
+from gateway.triton_http import Answer, decode_batch, encode_batch
 from gateway.upstream import UpstreamPool
 from packager.spec import kind_for_instance_type, read_yaml
 from turnout.errors import (
@@ -94,11 +97,14 @@ def _triton_failure(status: int, text: str, node: str) -> TurnoutError:
 
 
 class Node:
-    def __init__(self, spec: NodeSpec, timeout: float) -> None:
+    def __init__(self, spec: NodeSpec, timeout: float, coalesce_depth: int = 4, metrics: Metrics | None = None) -> None:
         self.spec = spec
+        self.metrics = metrics or Metrics()
         self.name = spec.name
         self.url = spec.url.rstrip("/")
         self.healthy = True
+        self.coalesce_depth = coalesce_depth
+        self._coalescers: dict[str, Coalescer] = {}
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
         parsed = urlparse(self.url)
@@ -116,6 +122,9 @@ class Node:
         return self._session
 
     async def close(self) -> None:
+        for coalescer in self._coalescers.values():
+            coalescer.close()
+        self._coalescers.clear()
         self._scoring.close()
         if self._session is not None:
             await self._session.close()
@@ -131,8 +140,27 @@ class Node:
             self.healthy = False
             raise NodeUnreachable(f"node {self.name} is unreachable", details={"node": self.name}) from exc
 
-    async def score(self, entry: str, body: bytes, meta: bytes) -> ScoringResult:
-        payload, header_length = encode_request(body, meta)
+    async def score(self, entry: str, body: bytes, meta: bytes, max_batch: int = 1) -> ScoringResult:
+        """Score one request; up to ``max_batch`` concurrent ones share a Triton request (coalesce.py)."""
+        if max_batch <= 1 or self.coalesce_depth <= 0:
+            answer, = await self.score_many(entry, ((body, meta),))
+            if isinstance(answer, TurnoutError):
+                raise answer
+            return answer
+        coalescer = self._coalescers.get(entry)
+        if coalescer is None or coalescer.max_batch != max_batch:
+            coalescer = self._coalescers[entry] = Coalescer(
+                lambda items: self.score_many(entry, items), max_batch, self.coalesce_depth
+            )
+        return await coalescer.score(body, meta)
+
+    async def score_many(self, entry: str, items: Sequence[tuple[bytes, bytes]]) -> list[Answer]:
+        """One Triton request carrying ``items`` (body, meta); an answer or an error for each."""
+        self.metrics.coalesced.labels(self.name, entry).observe(len(items))
+        return await self._infer(entry, items)
+
+    async def _infer(self, entry: str, items: Sequence[tuple[bytes, bytes]]) -> list[Answer]:
+        payload, header_length = encode_batch(items)
         extra = b"Inference-Header-Content-Length: %d\r\nContent-Type: application/octet-stream\r\n" % header_length
         try:
             status, headers, data = await self._scoring.post(f"/v2/models/{entry}/infer".encode(), extra, payload)
@@ -142,7 +170,7 @@ class Node:
         if status != 200:
             raise _triton_failure(status, _error_text(data), self.name)
         length = headers.get(b"inference-header-content-length")
-        return decode_response(data, int(length) if length is not None else None)
+        return decode_batch(data, int(length) if length is not None else None, len(items))
 
     async def forward(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
         """Pass an Open Inference Protocol request through untouched (the path names the entry)."""
@@ -156,13 +184,19 @@ class Node:
             raise ScriptLoadError(_error_text(data), details={"node": self.name})
 
     async def unload(self, entry: str) -> None:
+        coalescer = self._coalescers.pop(entry, None)
+        if coalescer is not None:
+            coalescer.close()
         status, _, data = await self._call("POST", f"/v2/repository/models/{entry}/unload", json={})
         if status != 200:
             log.warning("node %s could not unload %s: %s", self.name, entry, _error_text(data))
 
     async def probe(self, entry: str) -> None:
-        """Ask the entry's stub to answer without running user code (raises if its process is gone)."""
-        await self.score(entry, b"", PROBE_META)
+        """Ask the entry's stub to answer without running user code (raises if its process is gone).
+        Never coalesced: the backend takes a whole Triton request whose first META is a probe as one."""
+        (answer,) = await self._infer(entry, ((b"", PROBE_META),))
+        if isinstance(answer, TurnoutError):
+            raise answer
 
     async def index(self) -> list[dict[str, Any]]:
         status, _, data = await self._call("POST", "/v2/repository/index", json={})

@@ -24,6 +24,7 @@ class Target:
 
     entry: str
     nodes: tuple[Node, ...]
+    max_batch: int = 1  # scoring requests one Triton request may carry (gateway/coalesce.py)
     _turn: itertools.count[int] = field(default_factory=itertools.count, compare=False, repr=False)
 
     def pick(self) -> Node:

@@ -22,6 +22,11 @@ class GatewaySettings(BaseModel):
     )
     max_body_bytes: int = Field(default=100 * 1024 * 1024, gt=0, description="Largest request body (413 above).")
     upstream_timeout_seconds: float = Field(default=120.0, gt=0, description="Bound on one call to Triton (504).")
+    coalesce_depth: int = Field(
+        default=4, ge=0, le=1024,
+        description="Triton requests in flight per entry and node before concurrent requests are coalesced "
+                    "into one (0: never coalesce).",
+    )
     max_inflight_per_deployment: int = Field(default=512, gt=0, description="Concurrent requests before 429.")
     token_ttl_seconds: int = Field(default=3600, gt=0, description="Lifetime of aml_token tokens.")
     health_interval_seconds: float = Field(default=5.0, gt=0, description="Node health check period.")

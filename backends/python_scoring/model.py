@@ -12,6 +12,9 @@ Tensors (max_batch_size > 0, so each carries a leading batch axis):
            META  BYTES [1]            JSON {"status", "content_type", "headers"}
 A request that fails answers with a Triton error whose message carries the Turnout error (status, code,
 message) for the gateway, and whose Triton code gives direct Triton clients the nearest HTTP status.
+The gateway sends several scoring requests in one Triton request (one element each) and asks, with
+``"inline_errors": true`` in its META, for each failure as that element's answer instead: META
+``{"error": <wire error>}``, so one bad request never fails the others it travelled with.
 """
 
 from __future__ import annotations
@@ -99,8 +102,18 @@ def _meta_from(raw: bytes | None) -> RequestMeta:
 _PROBE_ANSWER = ScoringResult(body=b"", status=204)
 
 
+# The gateway puts this key first in its META, so the flag costs a prefix check, not a parse.
+_INLINE_ERRORS = b'{"inline_errors":true'
+
+
 def _as_bytes(value: Any) -> bytes:
     return value if isinstance(value, bytes) else str(value).encode("utf-8")
+
+
+def _answer_meta(result: ScoringResult | TurnoutError) -> bytes:
+    if isinstance(result, TurnoutError):
+        return orjson.dumps({"error": result.to_wire()})
+    return orjson.dumps({"status": result.status, "content_type": result.content_type, "headers": result.headers})
 
 
 class TritonPythonModel:
@@ -117,11 +130,13 @@ class TritonPythonModel:
             # Triton reports this message from the load API; the traceback is already in the log.
             raise pb_utils.TritonModelException(exc.message) from None
 
-    def _decode(self, request: Any) -> list[ScoringRequest] | None:
-        """The request's bodies with their HTTP facts; None for the gateway's health probe."""
+    def _decode(self, request: Any) -> tuple[list[ScoringRequest], bool] | None:
+        """The request's bodies with their HTTP facts, and whether failures are answered inline; None
+        for the gateway's health probe."""
         meta_tensor = pb_utils.get_input_tensor_by_name(request, "META")
         metas = meta_tensor.as_numpy().reshape(-1) if meta_tensor is not None else None
-        if metas is not None and len(metas) and _as_bytes(metas[0]).startswith(b'{"probe":true'):
+        first = _as_bytes(metas[0]) if metas is not None and len(metas) else b""
+        if first.startswith(b'{"probe":true'):
             return None
         bodies = pb_utils.get_input_tensor_by_name(request, "BODY")
         if bodies is None:
@@ -130,28 +145,29 @@ class TritonPythonModel:
         for i, body in enumerate(bodies.as_numpy().reshape(-1)):
             meta = _meta_from(metas[min(i, len(metas) - 1)] if metas is not None and len(metas) else None)
             decoded.append(ScoringRequest(body=_as_bytes(body), meta=meta))
-        return decoded
+        return decoded, first.startswith(_INLINE_ERRORS)
 
     def execute(self, requests: list[Any]) -> list[Any]:
         # One Triton request may carry several bodies (a client-side batch); flatten them so the scorer
         # sees every body of this dynamic batch at once, then regroup the answers per Triton request.
         flat: list[ScoringRequest] = []
-        spans: list[tuple[int, int] | TurnoutError | None] = []
+        spans: list[tuple[int, int, bool] | TurnoutError | None] = []
         for request in requests:
             try:
                 decoded = self._decode(request)
                 if decoded is None:
                     spans.append(None)
                     continue
-                spans.append((len(flat), len(flat) + len(decoded)))
-                flat.extend(decoded)
+                bodies, inline = decoded
+                spans.append((len(flat), len(flat) + len(bodies), inline))
+                flat.extend(bodies)
             except TurnoutError as exc:
                 spans.append(exc)
         results = self.scorer.score(flat) if flat else []
         return [self._respond(span, results) for span in spans]
 
     def _respond(
-        self, span: tuple[int, int] | TurnoutError | None, results: list[ScoringResult | TurnoutError]
+        self, span: tuple[int, int, bool] | TurnoutError | None, results: list[ScoringResult | TurnoutError]
     ) -> Any:
         if span is None:
             mine: list[ScoringResult | TurnoutError] = [_PROBE_ANSWER]
@@ -159,15 +175,12 @@ class TritonPythonModel:
             return pb_utils.InferenceResponse(error=_triton_error(span))
         else:
             mine = results[span[0]:span[1]]
-        for result in mine:
-            if isinstance(result, TurnoutError):
-                return pb_utils.InferenceResponse(error=_triton_error(result))
-        ok = [r for r in mine if isinstance(r, ScoringResult)]
-        bodies = np.array([[r.body] for r in ok], dtype=np.object_)
-        metas = np.array(
-            [[orjson.dumps({"status": r.status, "content_type": r.content_type, "headers": r.headers})] for r in ok],
-            dtype=np.object_,
-        )
+            if not span[2]:
+                failed = next((r for r in mine if isinstance(r, TurnoutError)), None)
+                if failed is not None:
+                    return pb_utils.InferenceResponse(error=_triton_error(failed))
+        bodies = np.array([[b"" if isinstance(r, TurnoutError) else r.body] for r in mine], dtype=np.object_)
+        metas = np.array([[_answer_meta(r)] for r in mine], dtype=np.object_)
         return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("BODY", bodies), pb_utils.Tensor("META", metas)])
 
     def finalize(self) -> None:

@@ -65,7 +65,9 @@ def request_meta(method: str, query: str, headers: Mapping[str, str], request_id
     """The HTTP facts a scoring script may read (Azure's request_headers, @rawhttp), as the backend wants."""
     forwarded = {_title(k): v for k, v in headers.items() if k not in _NOT_FORWARDED}
     forwarded["X-Request-Id"] = request_id
-    return orjson.dumps({"method": method, "path": "/score", "query": query, "headers": forwarded})
+    # inline_errors first: the backend checks it as a prefix (see backends/python_scoring/model.py).
+    return orjson.dumps({"inline_errors": True, "method": method, "path": "/score", "query": query,
+                         "headers": forwarded})
 
 
 async def score(dataplane: DataPlane, target: ScoreTarget, method: str, query: str, headers: Mapping[str, str],

@@ -14,7 +14,7 @@ from tritonclient.grpc import InferInput
 
 from tests.conftest import Serving
 from turnout.errors import BadInput, UnsupportedMediaType
-from turnout.scoring.request import RequestMeta
+from turnout.scoring.request import RequestMeta, ScoringResult
 
 pytestmark = pytest.mark.integration
 
@@ -208,3 +208,55 @@ def test_predict_failure_fails_the_batch_but_not_the_entry(serving: Serving, mak
     with pytest.raises(ScriptFailed, match="predict"):
         serving.client.score(entry, b'{"boom": true, "v": 1}')
     assert json.loads(serving.client.score(entry, b'{"v": 2}').body) == {"ok": 2}
+
+
+def _post_batch(serving: Serving, entry: str, items: list[tuple[bytes, bytes]]) -> tuple[int, bytes, int | None]:
+    import http.client
+
+    from gateway.triton_http import encode_batch
+
+    payload, header_length = encode_batch(items)
+    host, port = serving.triton.http_url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        connection.request("POST", f"/v2/models/{entry}/infer", payload,
+                           {"Inference-Header-Content-Length": str(header_length)})
+        response = connection.getresponse()
+        length = response.getheader("Inference-Header-Content-Length")
+        return response.status, response.read(), int(length) if length else None
+    finally:
+        connection.close()
+
+
+def test_coalesced_request_answers_each_element_on_its_own(serving: Serving, make_package) -> None:  # type: ignore[no-untyped-def]
+    from gateway.triton_http import decode_batch
+
+    folder = make_package(
+        """
+        import json
+        from turnout.errors import BadInput
+
+        def init():
+            pass
+
+        def run(raw_data):
+            data = json.loads(raw_data)
+            if "x" not in data:
+                raise BadInput("no x")
+            return {"y": data["x"] * 2}
+        """
+    )
+    entry = serving.deploy(folder)
+    inline = b'{"inline_errors":true,"method":"POST","headers":{"Content-Type":"application/json"}}'
+    items = [(b'{"x": 1}', inline), (b'{"nope": 0}', inline), (b'{"x": 3}', inline)]
+    status, data, header_length = _post_batch(serving, entry, items)
+    assert status == 200
+    first, second, third = decode_batch(data, header_length, 3)
+    assert isinstance(first, ScoringResult) and json.loads(first.body) == {"y": 2}
+    assert isinstance(second, BadInput) and second.message == "no x"
+    assert isinstance(third, ScoringResult) and json.loads(third.body) == {"y": 6}
+
+    # Without the gateway's flag (a direct Triton client's own batch) the request fails as a whole.
+    plain = b'{"method":"POST","headers":{}}'
+    status, data, _ = _post_batch(serving, entry, [(body, plain) for body, _ in items])
+    assert status == 400 and b"no x" in data

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -87,6 +88,42 @@ def test_tritonclient_http_and_grpc_through_the_gateway(gateway: GatewayProcess,
             grpc_client.infer("onnx-classifier", [tensor])
     finally:
         grpc_client.close()
+
+
+def test_concurrent_callers_share_triton_requests_and_keep_their_own_answers(gateway: GatewayProcess) -> None:
+    """Coalescing end to end: 48 callers at once, each gets the answer its input gets alone (one bad
+    input among them gets its own 400), and fewer Triton requests than callers reached the node."""
+    rng = np.random.default_rng(7)
+    bodies = [json.dumps({"data": rng.normal(size=(1 + i % 3, 16)).round(3).tolist()}).encode() for i in range(48)]
+    bodies[17] = b'{"data": [[1, 2]]}'  # wrong width: BadInput in preprocess
+    url = f"{gateway.url}/models/torch-mlp/score"
+    alone = [httpx.post(url, content=b, headers=gateway.admin) for b in bodies]
+
+    def batch_counts() -> tuple[float, float]:
+        metrics = httpx.get(f"{gateway.url}/metrics").text
+        pick = lambda suffix: sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()  # noqa: E731
+                                  if line.startswith(f"turnout_upstream_batch_size_{suffix}{{") and "torch-mlp" in line)
+        return pick("count"), pick("sum")
+
+    before = batch_counts()
+
+    async def together() -> list[httpx.Response]:
+        async with httpx.AsyncClient(limits=httpx.Limits(max_connections=64), timeout=30) as client:
+            return await asyncio.gather(*(
+                client.post(url, content=b, headers={**gateway.admin, "x-request-id": f"r{i}"})
+                for i, b in enumerate(bodies)
+            ))
+
+    answers = asyncio.run(together())
+    after = batch_counts()
+    for i, (single, shared) in enumerate(zip(alone, answers, strict=True)):
+        assert shared.status_code == single.status_code == (400 if i == 17 else 200), (i, shared.text)
+        assert shared.headers["x-request-id"] == f"r{i}"
+        if i != 17:
+            assert np.allclose(shared.json()["probabilities"], single.json()["probabilities"], atol=1e-5)
+    assert "expected rows of 16 numbers" in answers[17].json()["error"]["message"]
+    triton_requests, callers = after[0] - before[0], after[1] - before[1]
+    assert callers == 48 and triton_requests < callers, (triton_requests, callers)
 
 
 def test_health_and_metrics(gateway: GatewayProcess) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
@@ -45,6 +46,16 @@ def build_model_config(entry: EntryConfig) -> mc.ModelConfig:
     if entry.dynamic_batching and entry.max_batch_size > 0:
         config.dynamic_batching.max_queue_delay_microseconds = entry.max_queue_delay_microseconds
     return config
+
+
+def coalescing_limit(config: mc.ModelConfig) -> int:
+    """Most scoring requests the gateway may send to this entry as one Triton request: what its dynamic
+    batcher would put in one batch anyway; 1 (never coalesce) when the package turned batching off."""
+    return config.max_batch_size if config.HasField("dynamic_batching") and config.max_batch_size > 1 else 1
+
+
+def read_config(path: Path) -> mc.ModelConfig:
+    return text_format.Parse(path.read_text(), mc.ModelConfig())
 
 
 def render(config: mc.ModelConfig) -> str:
