@@ -4,6 +4,8 @@ Triton counts a request that failed inside our backend as a success, so the gate
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -33,9 +35,28 @@ class Metrics:
         self.restarts = Counter("turnout_entry_restarts", "Entries restarted after their process crashed.",
                                 ["entry"], registry=self.registry)
 
+        # Labelled children, looked up once: labels() takes a lock and builds keys on every call, and
+        # observe() runs on every request.
+        self._counted: dict[tuple[str, str, str, int], Any] = {}
+        self._timed: dict[tuple[str, str, str], Any] = {}
+        self._batches: dict[tuple[str, str], Any] = {}
+
     def observe(self, kind: str, target: str, deployment: str, code: int, seconds: float) -> None:
-        self.requests.labels(kind, target, deployment, str(code)).inc()
-        self.latency.labels(kind, target, deployment).observe(seconds)
+        key = (kind, target, deployment)
+        counted = self._counted.get((*key, code))
+        if counted is None:
+            counted = self._counted[(*key, code)] = self.requests.labels(kind, target, deployment, str(code))
+        timed = self._timed.get(key)
+        if timed is None:
+            timed = self._timed[key] = self.latency.labels(kind, target, deployment)
+        counted.inc()
+        timed.observe(seconds)
+
+    def observe_batch(self, node: str, entry: str, size: int) -> None:
+        child = self._batches.get((node, entry))
+        if child is None:
+            child = self._batches[(node, entry)] = self.coalesced.labels(node, entry)
+        child.observe(size)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -156,7 +156,7 @@ class Node:
 
     async def score_many(self, entry: str, items: Sequence[tuple[bytes, bytes]]) -> list[Answer]:
         """One Triton request carrying ``items`` (body, meta); an answer or an error for each."""
-        self.metrics.coalesced.labels(self.name, entry).observe(len(items))
+        self.metrics.observe_batch(self.name, entry, len(items))
         return await self._infer(entry, items)
 
     async def _infer(self, entry: str, items: Sequence[tuple[bytes, bytes]]) -> list[Answer]:

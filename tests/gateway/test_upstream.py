@@ -94,3 +94,23 @@ def test_pool_errors_are_typed() -> None:
             await UpstreamPool("127.0.0.1", port, timeout=1).post(b"/", b"", b"x")
 
     asyncio.run(scenario())
+
+
+def test_a_caller_that_gives_up_closes_its_connection() -> None:
+    """Its answer would otherwise arrive later on a connection nobody reads (a leaked socket)."""
+    async def scenario() -> None:
+        closed = asyncio.Event()
+
+        async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await _read_request(reader)
+            if await reader.read() == b"":  # EOF: the gateway closed its side
+                closed.set()
+
+        server, port = await _serve(slow)
+        pool = UpstreamPool("127.0.0.1", port, timeout=5)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(pool.post(b"/", b"", b"x"), 0.1)
+        await asyncio.wait_for(closed.wait(), 2)
+        server.close()
+
+    asyncio.run(scenario())
