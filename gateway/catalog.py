@@ -8,9 +8,10 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
+from gateway.coalesce import Coalescing
 from turnout.errors import PackageError
 from turnout.manifest import Manifest
-from turnout.triton.config import coalescing_limit, read_config
+from turnout.triton.config import read_config
 
 log = logging.getLogger("turnout.gateway.catalog")
 
@@ -23,7 +24,7 @@ class EntryInfo:
     kind: str  # "python_scoring" (built by the packager) or "triton" (a plain Triton model)
     manifest: Manifest | None = None
     problem: str = ""
-    max_batch: int = 1  # scoring requests one Triton request may carry (turnout.triton.config.coalescing_limit)
+    coalescing: Coalescing = Coalescing()
 
 
 def _latest_version_dir(entry_dir: Path) -> Path | None:
@@ -47,12 +48,13 @@ def read_entry(entry_dir: Path) -> EntryInfo | None:
         return EntryInfo(entry_dir.name, entry_dir.name, int(version_dir.name), "triton", problem=problem)
     try:
         manifest = Manifest.read(version_dir)
-        max_batch = coalescing_limit(read_config(entry_dir / "config.pbtxt"))
+        coalescing = Coalescing.of(read_config(entry_dir / "config.pbtxt"))
     except PackageError as exc:
         return EntryInfo(entry_dir.name, entry_dir.name, 1, "python_scoring", problem=exc.message)
     except text_format.ParseError as exc:
         return EntryInfo(entry_dir.name, entry_dir.name, 1, "python_scoring", problem=f"config.pbtxt: {exc}")
-    return EntryInfo(entry_dir.name, manifest.name, manifest.version, "python_scoring", manifest, max_batch=max_batch)
+    return EntryInfo(entry_dir.name, manifest.name, manifest.version, "python_scoring", manifest,
+                     coalescing=coalescing)
 
 
 def scan(repository: Path) -> list[EntryInfo]:

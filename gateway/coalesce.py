@@ -15,6 +15,9 @@ import asyncio
 import copy
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from tritonclient.grpc import model_config_pb2 as mc
 
 from gateway.triton_http import Answer
 from turnout.errors import TurnoutError
@@ -22,15 +25,38 @@ from turnout.scoring.request import ScoringResult
 
 log = logging.getLogger("turnout.gateway.coalesce")
 
+@dataclass(frozen=True)
+class Coalescing:
+    """How an entry may be coalesced: at most ``max_batch`` callers per Triton request (1: never), and
+    ``instances`` model instances per node to keep busy."""
+
+    max_batch: int = 1
+    instances: int = 1
+
+    @classmethod
+    def of(cls, config: mc.ModelConfig) -> Coalescing:
+        """What its dynamic batcher would put in one batch anyway; nothing when the package turned
+        batching off."""
+        batching = config.HasField("dynamic_batching") and config.max_batch_size > 1
+        instances = sum(group.count or 1 for group in config.instance_group) or 1
+        return cls(config.max_batch_size if batching else 1, instances)
+
+    def depth(self, configured: int) -> int:
+        """Triton requests in flight before callers wait: the gateway's setting, but never fewer than
+        two per instance, or a run() script's instances would idle while one works through a batch."""
+        return max(configured, 2 * self.instances)
+
+
 SendMany = Callable[[Sequence[tuple[bytes, bytes]]], Awaitable[list[Answer]]]
 _Waiting = tuple[bytes, bytes, "asyncio.Future[ScoringResult]"]
 
 
 class Coalescer:
-    def __init__(self, send_many: SendMany, max_batch: int, depth: int) -> None:
+    def __init__(self, send_many: SendMany, shape: Coalescing, depth: int) -> None:
         self._send_many = send_many
-        self.max_batch = max(1, max_batch)
-        self.depth = max(1, depth)
+        self.shape = shape
+        self.max_batch = max(1, shape.max_batch)
+        self.depth = max(1, shape.depth(depth))
         self._waiting: list[_Waiting] = []
         self._inflight = 0
         self._tasks: set[asyncio.Task[None]] = set()

@@ -22,6 +22,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from gateway.auth import Credentials
 from gateway.catalog import EntryInfo
+from gateway.coalesce import Coalescing
 from gateway.metrics import Metrics
 from gateway.nodes import Node, NodeSpec, load_nodes_file, pool_for_instance_type
 from gateway.routing import EndpointRoute, Routes, Served, Target
@@ -29,7 +30,7 @@ from gateway.settings import GatewaySettings
 from gateway.state import DeploymentRecord, StateStore
 from packager.registry import Registry
 from turnout.errors import NotReady, TurnoutError
-from turnout.triton.config import EntryConfig, InstanceKind, build_model_config, coalescing_limit
+from turnout.triton.config import EntryConfig, InstanceKind, build_model_config
 from turnout.triton.embedded import EmbeddedTriton
 
 log = logging.getLogger("turnout.gateway")
@@ -77,7 +78,7 @@ class Placement(Loaded):
     """Where a deployment's current generation is loaded."""
 
     state: str = "creating"
-    max_batch: int = 1  # scoring requests one Triton request may carry (gateway/coalesce.py)
+    coalescing: Coalescing = field(default_factory=Coalescing)
 
 
 @dataclass
@@ -351,7 +352,8 @@ class Gateway:
         try:
             record.pool, nodes = self.choose_nodes(record)
             configs = {node.name: self.entry_config(record, node, len(nodes)) for node in nodes}
-            placement.max_batch = min(coalescing_limit(c) for c in configs.values())
+            shapes = [Coalescing.of(c) for c in configs.values()]
+            placement.coalescing = Coalescing(min(s.max_batch for s in shapes), max(s.instances for s in shapes))
             placement.configs = {name: json_format.MessageToDict(c, preserving_proto_field_name=True)
                                  for name, c in configs.items()}
             await asyncio.gather(*(node.load(record.entry, placement.configs[node.name]) for node in nodes))
@@ -382,7 +384,7 @@ class Gateway:
         models: dict[str, dict[int, Served]] = {}
         for status in self.models.values():
             info = status.info
-            target = Target(info.entry, status.nodes, info.max_batch) if status.state == "ready" else None
+            target = Target(info.entry, status.nodes, info.coalescing) if status.state == "ready" else None
             served = Served(target, status.state, status.reason, kind=info.kind)
             models.setdefault(info.name, {})[info.version] = served
         endpoints = {}
@@ -396,7 +398,7 @@ class Gateway:
                 if placement is None:  # not placed yet since this gateway started
                     served = Served(None, "loading", "being placed on its nodes", timeout=record.request_timeout_seconds)
                 else:
-                    target = (Target(placement.entry, placement.nodes, placement.max_batch)
+                    target = (Target(placement.entry, placement.nodes, placement.coalescing)
                               if placement.state == "ready" else None)
                     served = Served(target, placement.state, placement.reason, max_inflight=limit,
                                     timeout=record.request_timeout_seconds)

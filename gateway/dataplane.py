@@ -81,7 +81,7 @@ class DataPlane:
 
     async def _call(self, resolved: Resolved, body: bytes, meta: bytes) -> ScoringResult:
         target = resolved.target
-        result = await self.guarded(resolved, lambda node: node.score(target.entry, body, meta, target.max_batch))
+        result = await self.guarded(resolved, lambda node: node.score(target.entry, body, meta, target.coalescing))
         return result  # type: ignore[no-any-return]
 
     async def forward(self, resolved: Resolved, method: str, suffix: str, body: bytes,

@@ -17,7 +17,7 @@ import aiohttp
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gateway.coalesce import Coalescer
+from gateway.coalesce import Coalescer, Coalescing
 from gateway.metrics import Metrics
 from gateway.triton_http import Answer, decode_batch, encode_batch
 from gateway.upstream import UpstreamPool
@@ -140,17 +140,17 @@ class Node:
             self.healthy = False
             raise NodeUnreachable(f"node {self.name} is unreachable", details={"node": self.name}) from exc
 
-    async def score(self, entry: str, body: bytes, meta: bytes, max_batch: int = 1) -> ScoringResult:
-        """Score one request; up to ``max_batch`` concurrent ones share a Triton request (coalesce.py)."""
-        if max_batch <= 1 or self.coalesce_depth <= 0:
+    async def score(self, entry: str, body: bytes, meta: bytes, coalescing: Coalescing = Coalescing()) -> ScoringResult:
+        """Score one request; concurrent ones may share a Triton request (gateway/coalesce.py)."""
+        if coalescing.max_batch <= 1 or self.coalesce_depth <= 0:
             answer, = await self.score_many(entry, ((body, meta),))
             if isinstance(answer, TurnoutError):
                 raise answer
             return answer
         coalescer = self._coalescers.get(entry)
-        if coalescer is None or coalescer.max_batch != max_batch:
+        if coalescer is None or coalescer.shape != coalescing:
             coalescer = self._coalescers[entry] = Coalescer(
-                lambda items: self.score_many(entry, items), max_batch, self.coalesce_depth
+                lambda items: self.score_many(entry, items), coalescing, self.coalesce_depth
             )
         return await coalescer.score(body, meta)
 

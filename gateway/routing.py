@@ -11,6 +11,7 @@ import itertools
 import random
 from dataclasses import dataclass, field
 
+from gateway.coalesce import Coalescing
 from gateway.nodes import Node
 from turnout.errors import NodeUnreachable, NotFound, NotReady
 
@@ -24,7 +25,7 @@ class Target:
 
     entry: str
     nodes: tuple[Node, ...]
-    max_batch: int = 1  # scoring requests one Triton request may carry (gateway/coalesce.py)
+    coalescing: Coalescing = Coalescing()
     _turn: itertools.count[int] = field(default_factory=itertools.count, compare=False, repr=False)
 
     def pick(self) -> Node:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import struct
 from collections.abc import Sequence
 
 import orjson
 import pytest
 
-from gateway.coalesce import Coalescer
+from gateway.coalesce import Coalescer, Coalescing
 from gateway.triton_http import Answer, decode_batch, encode_batch
 from turnout.errors import BadInput, NodeUnreachable, TurnoutError
 from turnout.scoring.request import ScoringResult
@@ -26,14 +27,14 @@ class FakeNode:
         self.batches.append([body for body, _ in items])
         await asyncio.sleep(self.pause)
         if self.fail is not None:
-            raise self.fail
+            raise copy.copy(self.fail)  # like a node: a new error per failed request
         return [BadInput(f"bad {body!r}") if body.startswith(b"bad") else ScoringResult(body=body + b"!")
                 for body, _ in items]
 
 
 def test_a_lone_request_goes_out_at_once() -> None:
     node = FakeNode(pause=0)
-    coalescer = Coalescer(node.send_many, max_batch=8, depth=2)
+    coalescer = Coalescer(node.send_many, Coalescing(8), depth=2)
 
     async def scenario() -> None:
         for i in range(3):
@@ -45,7 +46,7 @@ def test_a_lone_request_goes_out_at_once() -> None:
 
 def test_concurrent_requests_share_triton_requests_and_get_their_own_answers() -> None:
     node = FakeNode()
-    coalescer = Coalescer(node.send_many, max_batch=8, depth=2)
+    coalescer = Coalescer(node.send_many, Coalescing(8), depth=2)
 
     async def scenario() -> list[bytes]:
         results = await asyncio.gather(*(coalescer.score(b"%d" % i, b"{}") for i in range(30)))
@@ -61,7 +62,7 @@ def test_concurrent_requests_share_triton_requests_and_get_their_own_answers() -
 
 def test_one_bad_request_fails_alone() -> None:
     node = FakeNode()
-    coalescer = Coalescer(node.send_many, max_batch=16, depth=1)
+    coalescer = Coalescer(node.send_many, Coalescing(16), depth=2)
 
     async def scenario() -> list[ScoringResult | BaseException]:
         bodies = [b"ok1", b"ok2", b"bad3", b"ok4", b"ok5"]
@@ -75,7 +76,7 @@ def test_one_bad_request_fails_alone() -> None:
 
 def test_a_failed_triton_request_fails_each_of_its_callers_with_an_error_of_its_own() -> None:
     node = FakeNode(fail=NodeUnreachable("node gone", details={"node": "n1"}))
-    coalescer = Coalescer(node.send_many, max_batch=16, depth=1)
+    coalescer = Coalescer(node.send_many, Coalescing(16), depth=2)
 
     async def scenario() -> list[BaseException]:
         return await asyncio.gather(*(coalescer.score(b"x", b"{}") for _ in range(6)), return_exceptions=True)
@@ -87,18 +88,31 @@ def test_a_failed_triton_request_fails_each_of_its_callers_with_an_error_of_its_
 
 def test_a_caller_that_gave_up_while_waiting_is_not_sent() -> None:
     node = FakeNode(pause=0.05)
-    coalescer = Coalescer(node.send_many, max_batch=16, depth=1)
+    coalescer = Coalescer(node.send_many, Coalescing(16), depth=2)
 
     async def scenario() -> None:
-        first = asyncio.ensure_future(coalescer.score(b"first", b"{}"))
+        first = [asyncio.ensure_future(coalescer.score(b"first%d" % i, b"{}")) for i in range(2)]
         await asyncio.sleep(0)
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(coalescer.score(b"impatient", b"{}"), 0.01)
         late = await coalescer.score(b"late", b"{}")
-        assert (await first).body == b"first!" and late.body == b"late!"
+        assert [(await f).body for f in first] == [b"first0!", b"first1!"] and late.body == b"late!"
 
     asyncio.run(scenario())
     assert b"impatient" not in [body for batch in node.batches for body in batch]
+
+
+def test_coalescing_follows_the_entry_config() -> None:
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    config = mc.ModelConfig(max_batch_size=32)
+    config.instance_group.add(count=3)
+    assert Coalescing.of(config) == Coalescing(1, 3)  # no dynamic batcher: the package turned batching off
+    config.dynamic_batching.SetInParent()
+    shape = Coalescing.of(config)
+    assert shape == Coalescing(32, 3)
+    # Never fewer Triton requests in flight than two per instance: run() instances must not idle.
+    assert (shape.depth(4), shape.depth(8), Coalescing(64, 1).depth(4)) == (6, 8, 4)
 
 
 def test_batch_codec_round_trip_with_inline_errors() -> None:
@@ -124,17 +138,17 @@ def test_batch_codec_round_trip_with_inline_errors() -> None:
 
 def test_closing_cancels_waiting_and_travelling_callers() -> None:
     node = FakeNode(pause=0.02)
-    coalescer = Coalescer(node.send_many, max_batch=2, depth=1)
+    coalescer = Coalescer(node.send_many, Coalescing(2), depth=2)
 
     async def scenario() -> list[BaseException | ScoringResult]:
-        callers = [asyncio.ensure_future(coalescer.score(b"%d" % i, b"{}")) for i in range(5)]
+        callers = [asyncio.ensure_future(coalescer.score(b"%d" % i, b"{}")) for i in range(7)]
         await asyncio.sleep(0.01)
-        node.pause = 10  # the batch that leaves next hangs
+        node.pause = 10  # the batches that leave next hang
         await asyncio.sleep(0.03)
-        assert [len(b) for b in node.batches] == [1, 2] and coalescer.waiting == 2
+        assert [len(b) for b in node.batches] == [1, 1, 2, 2] and coalescer.waiting == 1
         coalescer.close()
         return await asyncio.wait_for(asyncio.gather(*callers, return_exceptions=True), 1)
 
-    first, *others = asyncio.run(scenario())
-    assert isinstance(first, ScoringResult)
-    assert all(isinstance(r, asyncio.CancelledError) for r in others), others
+    results = asyncio.run(scenario())
+    assert all(isinstance(r, ScoringResult) for r in results[:2])
+    assert all(isinstance(r, asyncio.CancelledError) for r in results[2:]), results

@@ -48,12 +48,6 @@ def build_model_config(entry: EntryConfig) -> mc.ModelConfig:
     return config
 
 
-def coalescing_limit(config: mc.ModelConfig) -> int:
-    """Most scoring requests the gateway may send to this entry as one Triton request: what its dynamic
-    batcher would put in one batch anyway; 1 (never coalesce) when the package turned batching off."""
-    return config.max_batch_size if config.HasField("dynamic_batching") and config.max_batch_size > 1 else 1
-
-
 def read_config(path: Path) -> mc.ModelConfig:
     return text_format.Parse(path.read_text(), mc.ModelConfig())
 
