@@ -14,7 +14,7 @@ from packager.registry import Registry, default_registry_root
 from packager.scaffold import scaffold
 from packager.sources import StagedPackage, resolve_source
 from packager.testing import request_body_for, run_package_test
-from packager.validate import validate_package
+from packager.validate import ValidationResult, validate_package
 from turnout.errors import TurnoutError
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -61,6 +61,12 @@ def validate(source: SourceArgument, registry: RegistryOption = None) -> None:
     if not result.ok:
         _fail(result.message)
     typer.secho(f"ok: {package.name} {result.message}", fg=typer.colors.GREEN)
+    _advise(result)
+
+
+def _advise(result: ValidationResult) -> None:
+    if result.advice:
+        typer.secho(f"hint: {result.advice}", fg=typer.colors.CYAN, err=True)
 
 
 @app.command()
@@ -87,6 +93,7 @@ def register(
             if not result.ok:
                 typer.echo(result.log.rstrip(), err=True)
                 _fail(f"not registered: {result.message}")
+            _advise(result)
         record, created = reg.register(package, name=name, version=version, tags=tags, description=description)
     verb = "registered" if created else "already registered (same content)"
     typer.echo(f"{verb} {record.ref} {record.content_hash}")

@@ -26,6 +26,31 @@ class ValidationResult:
     mode: str | None
     message: str
     log: str
+    advice: str | None = None
+
+
+# Libraries that score a batch of rows in about the time of one row: a run() script using one of them
+# leaves most of its throughput unused, because run() is called once per request.
+_BATCHING_LIBRARIES = {
+    "torch": "torch", "tensorflow": "TensorFlow", "keras": "Keras", "onnxruntime": "onnxruntime",
+    "sklearn": "scikit-learn", "xgboost": "XGBoost", "lightgbm": "LightGBM", "catboost": "CatBoost",
+}
+
+
+def batching_advice(mode: str, loaded_modules: set[str]) -> str | None:
+    """What a run() script would gain from hooks, when the libraries it loaded say it would."""
+    if mode != "azure-online":
+        return None
+    found = sorted({label for module, label in _BATCHING_LIBRARIES.items() if module in loaded_modules})
+    if not found:
+        return None
+    return (
+        f"run() is called once per request, so Triton cannot hand this script a batch, yet it uses "
+        f"{', '.join(found)}, which scores many rows at little more than the cost of one. For batched "
+        "throughput, split run() into preprocess() (per request), predict() (once per batch) and "
+        "postprocess() (per request): README, 'Scoring modes'. Until then, throughput grows only with "
+        "instances (instance_count in Azure's YAML, instance.count in model.yaml)."
+    )
 
 
 def validate_package(package: StagedPackage, version: int = 1) -> ValidationResult:
@@ -49,7 +74,7 @@ def validate_package(package: StagedPackage, version: int = 1) -> ValidationResu
         if line.startswith(_RESULT_MARK):
             result = json.loads(line[len(_RESULT_MARK):])
             log = "\n".join(line for line in log.splitlines() if not line.startswith(_RESULT_MARK))
-            return ValidationResult(result["ok"], result.get("mode"), result["message"], log)
+            return ValidationResult(result["ok"], result.get("mode"), result["message"], log, result.get("advice"))
     return ValidationResult(
         False, None, f"the script ended the validating process (exit code {completed.returncode})", log
     )
@@ -65,7 +90,8 @@ def _child(package_root: Path, manifest_file: Path, entry: str) -> None:
     manifest = Manifest.model_validate_json(manifest_file.read_text())
     try:
         scorer = load_scorer(manifest, package_root, entry)
-        result = {"ok": True, "mode": scorer.describe(), "message": f"loads as {scorer.describe()}"}
+        advice = batching_advice(scorer.mode, {name.split(".")[0] for name in sys.modules})
+        result = {"ok": True, "mode": scorer.describe(), "message": f"loads as {scorer.describe()}", "advice": advice}
     except TurnoutError as exc:
         result = {"ok": False, "message": exc.message}
     sys.stdout.flush()

@@ -37,6 +37,18 @@ def test_scaffold_validate_register_build(tmp_path: Path) -> None:
     assert (repo / "iris-v1" / "config.pbtxt").exists()
 
 
+def test_validate_says_when_a_run_script_would_gain_from_hooks(tmp_path: Path, examples_ready: Path) -> None:
+    azure = packager("validate", str(examples_ready / "sklearn-azure" / "blue-deployment.yml"), registry=tmp_path)
+    assert "loads as azure-online" in azure.stdout
+    assert "hint: run() is called once per request" in azure.stderr and "scikit-learn" in azure.stderr
+    hooks = packager("validate", str(examples_ready / "torch-mlp"), registry=tmp_path)
+    assert "loads as hooks" in hooks.stdout and "hint:" not in hooks.stderr
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "score.py").write_text("def init():\n    pass\n\ndef run(raw_data):\n    return raw_data.upper()\n")
+    assert "hint:" not in packager("validate", str(plain), registry=tmp_path).stderr
+
+
 def test_validate_names_the_broken_file_and_phase(tmp_path: Path) -> None:
     result = packager("validate", str(FIXTURES / "broken" / "init_raises"), registry=tmp_path, check=False)
     assert result.returncode == 2
