@@ -99,7 +99,8 @@ def run_wrk(url: str, body: bytes, headers: dict[str, str], seconds: float, conc
         lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items()]
         (Path(tmp) / "post.lua").write_text("\n".join(lines) + "\n")
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{seconds:g}s", "--latency",
+        # --timeout: a slow answer is not an error (wrk gives up after 2 s by default; the gateway after 120 s).
+        out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{seconds:g}s", "--latency", "--timeout", "60s",
                               "-s", str(Path(tmp) / "post.lua"), url], capture_output=True, text=True, check=True).stdout
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
     total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]

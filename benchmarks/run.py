@@ -1,7 +1,12 @@
 """Turnout's benchmark: the same scoring logic through Turnout's gateway, Triton direct, and
 azureml-inference-server-http (default and WORKER_COUNT=2), interleaved in one time window.
 
-    scripts/dev.sh bench [--rounds 3] [--requests 3000] [--quick]
+    scripts/dev.sh bench [--client python|wrk] [--rounds 3] [--requests 3000] [--quick]
+                         [--workloads echo torch-mlp ...] [--concurrency 1 16 64]
+                         [--systems turnout triton-direct azml-w1 azml-w2 turnout-uncoalesced]
+
+``turnout-uncoalesced`` (not run by default) is a second gateway on the same Triton started with
+``--coalesce-depth 0``: what coalescing is worth, measured in the same time window.
 
 Prints a table and writes it to benchmarks/results/<timestamp>.md. All traffic stays on 127.0.0.1.
 azureml-inference-server-http runs from its own virtual environment (benchmarks/.venv-azml, made on
