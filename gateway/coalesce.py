@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -23,7 +22,6 @@ from gateway.triton_http import Answer
 from turnout.errors import TurnoutError
 from turnout.scoring.request import ScoringResult
 
-log = logging.getLogger("turnout.gateway.coalesce")
 
 @dataclass(frozen=True)
 class Coalescing:
