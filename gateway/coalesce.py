@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from tritonclient.grpc import model_config_pb2 as mc
 
-from gateway.triton_http import Answer
+from gateway.triton_http import Answer, only
 from turnout.errors import TurnoutError
 from turnout.scoring.request import ScoringResult
 
@@ -68,13 +68,10 @@ class Coalescer:
             # A free slot and nobody queued: go out at once, on the caller's own task.
             self._inflight += 1
             try:
-                (answer,) = await self._send_many(((body, meta),))
+                return only(await self._send_many(((body, meta),)))
             finally:
                 self._inflight -= 1
                 self._dispatch()
-            if isinstance(answer, TurnoutError):
-                raise answer
-            return answer
         future: asyncio.Future[ScoringResult] = asyncio.get_running_loop().create_future()
         self._waiting.append((body, meta, future))
         return await future

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.coalesce import Coalescer, Coalescing
 from gateway.metrics import Metrics
-from gateway.triton_http import Answer, decode_batch, encode_batch
+from gateway.triton_http import Answer, decode_batch, encode_batch, only
 from gateway.upstream import UpstreamPool
 from packager.spec import kind_for_instance_type, read_yaml
 from turnout.errors import (
@@ -143,10 +143,7 @@ class Node:
     async def score(self, entry: str, body: bytes, meta: bytes, coalescing: Coalescing = Coalescing()) -> ScoringResult:
         """Score one request; concurrent ones may share a Triton request (gateway/coalesce.py)."""
         if coalescing.max_batch <= 1 or self.coalesce_depth <= 0:
-            answer, = await self.score_many(entry, ((body, meta),))
-            if isinstance(answer, TurnoutError):
-                raise answer
-            return answer
+            return only(await self.score_many(entry, ((body, meta),)))
         coalescer = self._coalescers.get(entry)
         if coalescer is None or coalescer.shape != coalescing:
             coalescer = self._coalescers[entry] = Coalescer(
@@ -194,9 +191,7 @@ class Node:
     async def probe(self, entry: str) -> None:
         """Ask the entry's stub to answer without running user code (raises if its process is gone).
         Never coalesced: the backend takes a whole Triton request whose first META is a probe as one."""
-        (answer,) = await self._infer(entry, ((b"", PROBE_META),))
-        if isinstance(answer, TurnoutError):
-            raise answer
+        only(await self._infer(entry, ((b"", PROBE_META),)))
 
     async def index(self) -> list[dict[str, Any]]:
         status, _, data = await self._call("POST", "/v2/repository/index", json={})

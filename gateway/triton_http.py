@@ -82,8 +82,9 @@ def decode_batch(payload: bytes, header_length: int | None, count: int) -> list[
     return [_answer(body, meta) for body, meta in zip(bodies, metas, strict=True)]
 
 
-def decode_response(payload: bytes, header_length: int | None) -> ScoringResult:
-    (answer,) = decode_batch(payload, header_length, 1)
+def only(answers: list[Answer]) -> ScoringResult:
+    """The answer to a one-element request; raised when it is an error."""
+    (answer,) = answers
     if isinstance(answer, TurnoutError):
         raise answer
     return answer

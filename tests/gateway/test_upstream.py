@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from gateway.rest.fastpath import ScoreTarget, match_score_path
-from gateway.triton_http import decode_response, encode_request
+from gateway.triton_http import decode_batch, encode_request, only
 from gateway.upstream import UpstreamPool
 from turnout.errors import NodeUnreachable, ScoringTimeout
 
@@ -33,7 +33,7 @@ def test_binary_request_and_response_round_trip() -> None:
         {"name": "META", "parameters": {"binary_data_size": len(meta) + 4}},
     ]})
     answer = answer_header + struct.pack("<I", 3) + b"abc" + struct.pack("<I", len(meta)) + meta
-    result = decode_response(answer, len(answer_header))
+    result = only(decode_batch(answer, len(answer_header), 1))
     assert (result.body, result.status, result.content_type, result.headers) == (b"abc", 201, "text/plain", {"x": "1"})
 
 
