@@ -116,7 +116,30 @@ class DropZone:
                 await self.process(name)
             else:
                 self.pending[name] = time.monotonic()  # still being written: the watcher decides
+        await self._restore_kept_versions()
         await asyncio.to_thread(self._remove_orphan_builds)
+
+    async def _restore_kept_versions(self) -> None:
+        """With ``--keep-versions N``, the N-1 versions before a dropped model's newest were serving
+        before the restart, but the repository holds only the newest: load their built entries again."""
+        keep = self.gateway.settings.keep_versions
+        built_root = self.gateway.settings.built_repository
+        if keep <= 1 or not built_root.is_dir():
+            return
+        newest = {s.info.name: s for s in self.gateway.models.values() if s.drop and s.state == "ready"}
+        older: dict[str, list[EntryInfo]] = {}
+        for path in sorted(built_root.iterdir()):
+            if path.name in self.gateway.models:
+                continue
+            info = await asyncio.to_thread(read_entry, path)
+            if info is None or info.problem or info.name not in newest or info.version >= newest[info.name].info.version:
+                continue
+            older.setdefault(info.name, []).append(info)
+        for name, infos in older.items():
+            for info in sorted(infos, key=lambda i: i.version, reverse=True)[: keep - 1]:
+                status = await self.gateway.load_model(info, drop=newest[name].drop)
+                log.info("restored %s:%d (--keep-versions %d): %s", name, info.version, keep, status.state)
+            await self.gateway.settle_versions(name)
 
     async def _quiet(self, path: Path, timeout: float) -> bool:
         """Wait (bounded) until nothing in ``path`` changed for the quiet period."""

@@ -316,6 +316,32 @@ def test_sigkill_during_a_swap_converges_on_restart(tmp_path: Path) -> None:
         second.stop()
 
 
+def test_kept_versions_serve_again_after_a_restart(tmp_path: Path) -> None:
+    """--keep-versions 2: version 1 stays callable at /versions/1 after version 2 arrives, and still is
+    after the gateway restarts, though the repository holds only version 2's files."""
+    repository, state = tmp_path / "repository", tmp_path / "state"
+    repository.mkdir()
+    args = ("--drop-quiet-seconds", "0.3", "--keep-versions", "2")
+    (repository / "kept").mkdir()
+    (repository / "kept" / "model.yaml").write_text("name: kept\n")
+    first = GatewayProcess(repository, state, *args).start()
+    try:
+        (repository / "kept" / "score.py").write_text(VERSIONED.format(version=1))
+        wait_ready(first, "kept", 1)
+        (repository / "kept" / "score.py").write_text(VERSIONED.format(version=2))
+        wait_ready(first, "kept", 2)
+        assert post(first, "/models/kept/versions/1/score").json() == {"version": 1}
+    finally:
+        first.stop()
+    second = GatewayProcess(repository, state, *args).start()
+    try:
+        assert sorted(m["version"] for m in models(second, "kept") if m["state"] == "ready") == [1, 2]
+        assert post(second, "/models/kept/score").json() == {"version": 2}
+        assert post(second, "/models/kept/versions/1/score").json() == {"version": 1}
+    finally:
+        second.stop()
+
+
 def test_entry_built_just_before_start_is_served_without_the_watcher(tmp_path: Path) -> None:
     """A gateway started right after a build (with --no-watch) waits for the entry to settle and loads it;
     it never mistakes it for an orphan to unload."""
