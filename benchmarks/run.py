@@ -42,11 +42,11 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere in the checkout
 
 from benchmarks.loadgen import RunStats, run_load, run_wrk  # noqa: E402
 from benchmarks.procstats import tree_cpu_seconds  # noqa: E402
-from gateway.triton_http import HEADER_LENGTH, encode_request  # noqa: E402
 from packager.build import build_entry  # noqa: E402
 from packager.sources import resolve_source  # noqa: E402
 from turnout.triton.client import TritonClient  # noqa: E402
 from turnout.triton.embedded import EmbeddedTriton, free_port  # noqa: E402
+from turnout.wire import HEADER_LENGTH, encode_request  # noqa: E402
 
 AZML_VENV = HERE / ".venv-azml"
 AZML_PACKAGES = ["azureml-inference-server-http", "torch==2.13.0", "numpy<2", "scikit-learn", "joblib"]

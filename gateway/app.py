@@ -1,7 +1,13 @@
-"""The app factory: ``create_app(settings)`` builds a gateway; nothing happens at import."""
+"""The composition root: ``create_app(settings)`` wires the gateway's parts; nothing happens at import.
+
+Start: the node provider brings the fleet up, the drop zone loads the repository, the deployments are
+placed again, orphans left on the nodes are unloaded; then the repository watcher and the health loop
+(node health, crashed-stub probe) run until the app stops. Tests pass their own ``provider`` (fake nodes).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -9,12 +15,22 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
+from gateway.auth import Credentials
 from gateway.controlplane import ControlPlane
-from gateway.core import Gateway
 from gateway.dataplane import DataPlane
+from gateway.deployments import Deployments
+from gateway.dropzone import DropZone
+from gateway.entries import Entries
+from gateway.fleet import Fleet, NodeProvider, provider_for
+from gateway.metrics import Metrics
+from gateway.models import RepositoryModels
 from gateway.rest import admin, errors, fastpath, scoring, system, v2
 from gateway.rest.middleware import RequestIdMiddleware
+from gateway.routing import RouteTable
+from gateway.services import Services
 from gateway.settings import GatewaySettings
+from gateway.state import StateStore
+from packager.registry import Registry
 
 log = logging.getLogger("turnout.gateway")
 
@@ -26,32 +42,112 @@ class GatewayApp(FastAPI):
         if scope["type"] == "http" and scope["method"] == "POST":
             target = fastpath.match_score_path(scope["path"])
             if target is not None:
-                await fastpath.handle(self.state.dataplane, target, scope, receive, send)
+                await fastpath.handle(self.state.services.dataplane, target, scope, receive, send)
                 return
         await super().__call__(scope, receive, send)
 
 
-def create_app(settings: GatewaySettings) -> FastAPI:
-    gateway = Gateway(settings)
-    dataplane = DataPlane(gateway)
-    controlplane = ControlPlane(gateway, dataplane, base_url=f"http://{settings.host}:{settings.port}")
+def build_services(settings: GatewaySettings, provider: NodeProvider | None = None) -> Services:
+    for folder in (settings.state_dir, settings.deployments_repository, settings.built_repository):
+        folder.mkdir(parents=True, exist_ok=True)
+    metrics = Metrics()
+    state = StateStore(settings.database)
+    credentials = Credentials(settings.state_dir, settings.admin_key)
+    registry = Registry(settings.state_dir / "registry")
+    fleet = Fleet(provider or provider_for(settings, metrics), metrics)
+    entries = Entries(metrics)
+    models = RepositoryModels(entries, fleet, settings)
+    deployments = Deployments(entries, fleet, state, settings)
+    routes = RouteTable(models, deployments, state)
+    return Services(
+        settings=settings, metrics=metrics, state=state, credentials=credentials, registry=registry,
+        fleet=fleet, entries=entries, models=models, deployments=deployments, routes=routes,
+        dataplane=DataPlane(routes, entries, credentials, settings, metrics),
+        controlplane=ControlPlane(state, credentials, registry, deployments, fleet, settings,
+                                  base_url=f"http://{settings.host}:{settings.port}"),
+        dropzone=DropZone(models, registry, settings),
+    )
+
+
+def expected_entries(services: Services) -> set[str]:
+    """What the nodes may have loaded: what is served here, and what a repository still holds (an entry
+    in a repository belongs to the drop zone)."""
+    settings = services.settings
+    expected = services.entries.loaded_names()
+    for repository in (settings.repository, settings.built_repository, settings.deployments_repository):
+        if repository.is_dir():
+            expected |= {p.name for p in repository.iterdir() if (p / "config.pbtxt").is_file()}
+    return expected
+
+
+async def initial_load(services: Services) -> None:
+    try:
+        await services.dropzone.initial_scan()
+        await services.deployments.restore()
+        await services.fleet.unload_orphans(expected_entries(services))
+    except Exception:
+        log.exception("initial load failed")
+    finally:
+        services.loaded = True
+        services.routes.publish()
+        log.info("gateway ready: %d models, %d deployments", len(services.models.all()),
+                 len(services.state.deployments()))
+
+
+async def watch_health(services: Services) -> None:
+    while True:
+        await asyncio.sleep(services.settings.health_interval_seconds)
+        await services.fleet.check_health()
+        await services.entries.probe()
+
+
+@asynccontextmanager
+async def running(services: Services) -> AsyncIterator[None]:
+    """The gateway's life: start everything, serve, stop everything (in the reverse order)."""
+    settings = services.settings
+    services.fleet.start()
+    services.routes.publish()
+    tasks: list[asyncio.Task[None]] = []
+
+    async def load_then_watch() -> None:
+        await initial_load(services)
+        if settings.watch:
+            tasks.append(asyncio.create_task(services.dropzone.watch(), name="turnout-dropzone"))
+
+    tasks.append(asyncio.create_task(load_then_watch(), name="turnout-initial-load"))
+    tasks.append(asyncio.create_task(watch_health(services), name="turnout-health"))
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await services.dropzone.stop()
+        await services.entries.stop()
+        await services.dataplane.close()
+        # Our keep-alive connections must close before Triton stops, or they hold up its exit.
+        await services.fleet.close()
+        await asyncio.to_thread(services.fleet.provider.stop)
+        services.state.close()
+
+
+def create_app(settings: GatewaySettings, provider: NodeProvider | None = None) -> FastAPI:
+    services = build_services(settings, provider)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await gateway.start()
-        grpc_server = None
-        if settings.grpc_port is not None:
-            from gateway.grpc_service import start_grpc_server
+        async with running(services):
+            grpc_server = None
+            if settings.grpc_port is not None:
+                from gateway.grpc_service import start_grpc_server
 
-            grpc_server = await start_grpc_server(dataplane, settings.host, settings.grpc_port)
-            app.state.grpc_port = grpc_server.port
-        try:
-            yield
-        finally:
-            if grpc_server is not None:
-                await grpc_server.stop()
-            await dataplane.close()
-            await gateway.stop()
+                grpc_server = await start_grpc_server(services, settings.host, settings.grpc_port)
+                app.state.grpc_port = grpc_server.port
+            try:
+                yield
+            finally:
+                if grpc_server is not None:
+                    await grpc_server.stop()
 
     app = GatewayApp(
         title="Turnout gateway",
@@ -59,9 +155,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         description="Stable scoring URLs for models and endpoints served by NVIDIA Triton.",
         lifespan=lifespan,
     )
-    app.state.gateway = gateway
-    app.state.dataplane = dataplane
-    app.state.controlplane = controlplane
+    app.state.services = services
     errors.install(app)
     for module in (scoring, v2, admin, system):
         app.include_router(module.router)

@@ -6,12 +6,10 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from google.protobuf import text_format
-
 from gateway.coalesce import Coalescing
+from gateway.placement import coalescing_of
 from turnout.errors import PackageError
 from turnout.manifest import Manifest
-from turnout.triton.config import read_config
 
 log = logging.getLogger("turnout.gateway.catalog")
 
@@ -42,19 +40,16 @@ def read_entry(entry_dir: Path) -> EntryInfo | None:
     if not (version_dir / "manifest.json").exists():
         # A python-backend folder without model.py stays LOADING forever in Triton and blocks later
         # loads: never ask Triton to load one.
-        config = (entry_dir / "config.pbtxt").read_text(errors="replace")
+        config = (entry_dir / "config.pbtxt").read_text(encoding="utf-8", errors="replace")
         missing = '"python"' in config and not (version_dir / "model.py").is_file()
         problem = f"{version_dir.name}/model.py is missing" if missing else ""
         return EntryInfo(entry_dir.name, entry_dir.name, int(version_dir.name), "triton", problem=problem)
     try:
         manifest = Manifest.read(version_dir)
-        coalescing = Coalescing.of(read_config(entry_dir / "config.pbtxt"))
     except PackageError as exc:
         return EntryInfo(entry_dir.name, entry_dir.name, 1, "python_scoring", problem=exc.message)
-    except text_format.ParseError as exc:
-        return EntryInfo(entry_dir.name, entry_dir.name, 1, "python_scoring", problem=f"config.pbtxt: {exc}")
     return EntryInfo(entry_dir.name, manifest.name, manifest.version, "python_scoring", manifest,
-                     coalescing=coalescing)
+                     coalescing=coalescing_of(manifest, entry_dir.name))
 
 
 def scan(repository: Path) -> list[EntryInfo]:

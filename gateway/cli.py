@@ -3,20 +3,23 @@ and ``az ml online-deployment`` (same YAML files, same flags where they exist)."
 
 from __future__ import annotations
 
+import inspect
 import io
 import json
 import logging
 import sys
 import tarfile
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from types import UnionType
+from typing import Annotated, Any, NoReturn, Optional, Union, get_args, get_origin
 
 import typer
 
 from gateway.client import AdminClient
-from gateway.schemas import AZURE_ENDPOINT_IGNORED, DeploymentSpec, EndpointSpec, PackageHeader
+from gateway.schemas import AZURE_ENDPOINT_IGNORED, DeploymentSpec, EndpointSpec, PackageHeader, RequestSettings
+from packager.package import PACKAGE_FILE
 from packager.registry import Registry, default_registry_root
-from packager.sources import PACKAGE_FILE, resolve_source
+from packager.sources import resolve_source
 from packager.spec import load_azure_deployment, read_yaml
 from turnout.errors import BadInput, TurnoutError
 
@@ -72,45 +75,67 @@ def _pairs(text: str, option: str) -> dict[str, int]:
 # --- serve -------------------------------------------------------------------------------------------
 
 
-@app.command()
-def serve(
-    repository: Annotated[Path, typer.Option(help="Model repository to serve.")] = Path("model_repository"),
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="HTTP port.")] = 8080,
-    grpc_port: Annotated[int | None, typer.Option(help="gRPC port for the Open Inference Protocol.")] = None,
-    state: StateDir = DEFAULT_STATE,
-    nodes: Annotated[Path | None, typer.Option(help="nodes.yaml; without it an embedded Triton starts.")] = None,
-    admin_key: AdminKey = None,
-    allow_anonymous: Annotated[bool, typer.Option(help="Dev mode: model URLs need no key.")] = False,
-    token_ttl_seconds: Annotated[int, typer.Option(help="Lifetime of aml_token tokens.")] = 3600,
-    keep_versions: Annotated[int, typer.Option(help="Versions of each dropped model kept loaded.")] = 1,
-    drop_quiet_seconds: Annotated[float, typer.Option(help="A drop is acted on once unchanged this long.")] = 1.0,
-    watch: Annotated[bool, typer.Option(help="Watch the repository for dropped packages.")] = True,
-    health_interval_seconds: Annotated[float, typer.Option(help="Node health and crash probe period.")] = 5.0,
-    max_body_bytes: Annotated[int, typer.Option(help="Largest request body (413 above).")] = 100 * 1024 * 1024,
-    coalesce_depth: Annotated[int, typer.Option(
-        help="Triton requests in flight per model before concurrent requests share one (0: off).")] = 4,
-    log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
-) -> None:
+# Option names that differ from their settings field (kept from the first release).
+_SERVE_FLAGS = {"state_dir": "--state", "nodes_file": "--nodes"}
+
+
+def _serve_parameters() -> list[inspect.Parameter]:
+    """One ``gateway serve`` option per GatewaySettings field: its help and default come from the model
+    (the one place they are written), and an option left out leaves the field to TURNOUT_<FIELD> or its
+    default."""
+    from gateway.settings import GatewaySettings
+
+    parameters = []
+    for name, field in GatewaySettings.model_fields.items():
+        flag = _SERVE_FLAGS.get(name, "--" + name.replace("_", "-"))
+        annotation: Any = field.annotation
+        default = field.get_default(call_default_factory=True)
+        if annotation is bool:
+            flag = f"{flag}/--no-{flag[2:]}"
+        elif get_origin(annotation) is dict:
+            annotation = str  # JSON, as the environment variable takes it
+        elif get_origin(annotation) in (Union, UnionType):
+            annotation = next(a for a in get_args(annotation) if a is not type(None))
+        shown = "none" if default is None else json.dumps(default) if isinstance(default, dict) else default
+        help_text = f"{field.description} (env TURNOUT_{name.upper()}; default: {shown})"
+        option = typer.Option(flag, help=help_text, show_default=False)
+        parameters.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                            annotation=Annotated[Optional[annotation], option]))  # noqa: UP045
+    return parameters
+
+
+def serve(**given: Any) -> None:
     """Run the gateway (and, without --nodes, an embedded Triton on the repository)."""
     import uvicorn
+    from pydantic import ValidationError
 
     from gateway.app import create_app
     from gateway.settings import GatewaySettings
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = GatewaySettings(
-        repository=repository, state_dir=state, host=host, port=port, grpc_port=grpc_port, nodes_file=nodes,
-        admin_key=admin_key, allow_anonymous=allow_anonymous, token_ttl_seconds=token_ttl_seconds,
-        max_body_bytes=max_body_bytes, keep_versions=keep_versions, drop_quiet_seconds=drop_quiet_seconds,
-        watch=watch, health_interval_seconds=health_interval_seconds, coalesce_depth=coalesce_depth,
-    )
-    typer.echo(f"Turnout gateway on http://{host}:{port} (repository {repository}, state {state})")
-    typer.echo(f"admin key: {state / 'admin.key'}" if admin_key is None else "admin key: from --admin-key")
-    if allow_anonymous:
+    options = {k: v for k, v in given.items() if v is not None}
+    if isinstance(options.get("instance_type_pools"), str):
+        try:
+            options["instance_type_pools"] = json.loads(options["instance_type_pools"])
+        except ValueError as exc:
+            _fail(f"--instance-type-pools: expected JSON such as '{{\"Standard_NC6\": \"gpu\"}}': {exc}", 2)
+    try:
+        settings = GatewaySettings(**options)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        _fail(f"invalid gateway settings: {problems}", 2)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    typer.echo(f"Turnout gateway on http://{settings.host}:{settings.port} "
+               f"(repository {settings.repository}, state {settings.state_dir})")
+    typer.echo(f"admin key: {settings.state_dir / 'admin.key'}" if settings.admin_key is None
+               else "admin key: from --admin-key")
+    if settings.allow_anonymous:
         typer.secho("dev mode: model URLs answer without a key", fg=typer.colors.YELLOW)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, access_log=False,
-                timeout_graceful_shutdown=30)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
+                access_log=False, timeout_graceful_shutdown=30)
+
+
+serve.__signature__ = inspect.Signature(_serve_parameters())  # type: ignore[attr-defined]
+app.command()(serve)
 
 
 # --- endpoints ---------------------------------------------------------------------------------------
@@ -220,7 +245,8 @@ def _deployment_archive(file: Path, name: str | None, endpoint_name: str | None)
     endpoint = endpoint_name or azure.endpoint_name
     if not endpoint:
         _fail(f"{file}: no endpoint_name; give --endpoint-name", 2)
-    settings = azure.request_settings.model_dump(exclude_none=True) if azure.request_settings else None
+    settings = (RequestSettings.model_validate(azure.request_settings.model_dump(exclude_none=True))
+                if azure.request_settings else None)
     spec = DeploymentSpec(
         name=name or azure.name, endpoint_name=endpoint, instance_type=azure.instance_type,
         instance_count=azure.instance_count, description=azure.description or "", tags=azure.tags,

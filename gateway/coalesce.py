@@ -18,9 +18,8 @@ from dataclasses import dataclass
 
 from tritonclient.grpc import model_config_pb2 as mc
 
-from gateway.triton_http import Answer, only
 from turnout.errors import TurnoutError
-from turnout.scoring.request import ScoringResult
+from turnout.wire import Answer, ScoringResult, only
 
 
 @dataclass(frozen=True)

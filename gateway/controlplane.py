@@ -8,20 +8,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gateway.auth import AUTH_MODES, hash_key, new_key
-from gateway.core import Gateway, Placement, entry_for
-from gateway.dataplane import DataPlane
+from gateway.auth import AUTH_MODES, Credentials, hash_key, new_key
+from gateway.deployments import Deployments
+from gateway.fleet import Fleet
 from gateway.schemas import DeploymentSpec, EndpointSpec, EndpointUpdate, PackageHeader
-from gateway.state import DeploymentRecord, EndpointRecord
-from packager.build import TRITON_VERSION, build_entry
-from packager.openapi import build_document, script_schemas
-from packager.sources import StagedPackage, safe_extract
+from gateway.settings import GatewaySettings
+from gateway.state import DeploymentRecord, EndpointRecord, StateStore
+from packager import pipeline
+from packager.build import TRITON_VERSION
+from packager.naming import deployment_entry, deployment_model
+from packager.openapi import build_document
+from packager.package import StagedPackage
+from packager.registry import Registry
+from packager.sources import safe_extract
 from packager.spec import PackageSpec
 from turnout.errors import BadInput, Conflict, DeploymentFailed, NotFound
 
@@ -30,11 +34,12 @@ MAX_MIRROR_PERCENT = 50
 
 
 class ControlPlane:
-    def __init__(self, gateway: Gateway, dataplane: DataPlane, base_url: str = "") -> None:
-        self.gateway = gateway
-        self.dataplane = dataplane
-        self.state = gateway.state
+    def __init__(self, state: StateStore, credentials: Credentials, registry: Registry, deployments: Deployments,
+                 fleet: Fleet, settings: GatewaySettings, base_url: str = "") -> None:
+        self.state, self.credentials, self.registry = state, credentials, registry
+        self.deployments, self.fleet, self.settings = deployments, fleet, settings
         self.base_url = base_url
+        self.lock = asyncio.Lock()  # one control-plane change at a time
 
     # --- views ---
     def _endpoint(self, name: str) -> EndpointRecord:
@@ -68,8 +73,8 @@ class ControlPlane:
         }
 
     def deployment_view(self, record: DeploymentRecord) -> dict[str, Any]:
-        placement = self.gateway.placements.get((record.endpoint, record.name))
-        state = placement.state if placement else record.state
+        placement = self.deployments.entry_of(record)
+        state = placement.state.value if placement else record.state
         return {
             "name": record.name,
             "endpoint_name": record.endpoint,
@@ -112,30 +117,29 @@ class ControlPlane:
     def _check_auth_mode(self, mode: str) -> None:
         if mode not in AUTH_MODES:
             raise BadInput(f"auth_mode {mode!r} is not supported; use one of {', '.join(AUTH_MODES)}")
-        if mode == "none" and not self.gateway.settings.allow_anonymous:
+        if mode == "none" and not self.settings.allow_anonymous:
             raise BadInput("auth_mode none is for local development: start the gateway with --allow-anonymous")
 
     async def create_endpoint(self, spec: EndpointSpec) -> dict[str, Any]:
         self._check_auth_mode(spec.auth_mode)
         if spec.traffic and any(spec.traffic.values()) or any(spec.mirror_traffic.values()):
             raise BadInput("a new endpoint has no deployments yet: leave traffic out, or set it to 0")
-        async with self.gateway.control_lock:
+        async with self.lock:
             if self.state.endpoint(spec.name) is not None:
                 raise Conflict(f"endpoint {spec.name!r} already exists (use 'gateway endpoint update')")
             keys = [new_key(), new_key()]
             record = EndpointRecord(
                 name=spec.name, auth_mode=spec.auth_mode, description=spec.description, tags=spec.tags,
                 key_hashes=[hash_key(k) for k in keys],
-                sealed_keys=[self.gateway.credentials.seal(k) for k in keys],
+                sealed_keys=[self.credentials.seal(k) for k in keys],
             )
             with self.state.transaction() as db:
                 self.state.put_endpoint(db, record)
                 self.state.record_history(db, spec.name, "create", {"auth_mode": spec.auth_mode})
-            self.gateway.rebuild_routes()
         return self.endpoint_view(record)
 
     async def update_endpoint(self, name: str, update: EndpointUpdate) -> dict[str, Any]:
-        async with self.gateway.control_lock:
+        async with self.lock:
             record = self._endpoint(name)
             traffic = record.traffic if update.traffic is None else dict(update.traffic)
             mirror = record.mirror_traffic if update.mirror_traffic is None else dict(update.mirror_traffic)
@@ -153,7 +157,6 @@ class ControlPlane:
                 self.state.put_endpoint(db, record)
                 self.state.record_history(db, name, "update", {"traffic": record.traffic,
                                                                "mirror_traffic": record.mirror_traffic})
-            self.gateway.rebuild_routes()
         return self.endpoint_view(record)
 
     def validate_traffic(self, endpoint: str, traffic: dict[str, int], mirror: dict[str, int]) -> None:
@@ -183,50 +186,49 @@ class ControlPlane:
             self._require_ready(endpoint, deployment, percent, "mirror traffic")
 
     def _require_ready(self, endpoint: str, deployment: str, weight: int, label: str) -> None:
-        placement = self.gateway.placements.get((endpoint, deployment))
-        if weight > 0 and (placement is None or placement.state != "ready"):
-            state = placement.state if placement else "not placed"
+        record = self.state.deployment(endpoint, deployment)
+        placement = self.deployments.entry_of(record) if record else None
+        if weight > 0 and (placement is None or not placement.ready):
+            state = placement.state.value if placement else "not placed"
             reason = f": {placement.reason}" if placement and placement.reason else ""
             raise Conflict(f"deployment {deployment!r} is {state}{reason}; it cannot take {label}")
 
     async def delete_endpoint(self, name: str) -> None:
-        async with self.gateway.control_lock:
+        async with self.lock:
             self._endpoint(name)
             deployments = self.state.deployments(name)
             with self.state.transaction() as db:
                 self.state.delete_endpoint(db, name)
                 self.state.record_history(db, name, "delete", {})
-            self.gateway.rebuild_routes()
             for record in deployments:
-                await self._retire(self.gateway.placements.pop((name, record.name), None))
+                await self.deployments.retire(self.deployments.entry_of(record))
 
     # --- keys and tokens ---
     def get_credentials(self, name: str) -> dict[str, Any]:
         record = self._endpoint(name)
         if record.auth_mode == "aml_token":
             return self.token(name)
-        keys = [self.gateway.credentials.unseal(k) for k in record.sealed_keys]
+        keys = [self.credentials.unseal(k) for k in record.sealed_keys]
         return {"primaryKey": keys[0], "secondaryKey": keys[1]}
 
     def token(self, name: str) -> dict[str, Any]:
         self._endpoint(name)
-        credentials = self.gateway.credentials
-        token = credentials.issue_token(name, self.gateway.settings.token_ttl_seconds)
+        credentials = self.credentials
+        token = credentials.issue_token(name, self.settings.token_ttl_seconds)
         expiry = datetime.fromtimestamp(token.expires_at, UTC)
         return {"accessToken": credentials.encode_token(token), "tokenType": "Bearer",
                 "expiryTimeUtc": expiry.isoformat()}
 
     async def regenerate_key(self, name: str, key_type: str) -> dict[str, Any]:
-        async with self.gateway.control_lock:
+        async with self.lock:
             record = self._endpoint(name)
             index = 0 if key_type == "primary" else 1
             key = new_key()
             record.key_hashes[index] = hash_key(key)
-            record.sealed_keys[index] = self.gateway.credentials.seal(key)
+            record.sealed_keys[index] = self.credentials.seal(key)
             with self.state.transaction() as db:
                 self.state.put_endpoint(db, record)
                 self.state.record_history(db, name, "regenerate-keys", {"key_type": key_type})
-            self.gateway.rebuild_routes()
         return {"regenerated": key_type}
 
     # --- deployments ---
@@ -248,53 +250,41 @@ class ControlPlane:
             (package_root / "deployment.json").unlink()
             package = StagedPackage(package_root, header.name, PackageSpec.model_validate(header.spec),
                                     header.model_name, header.source)
-            async with self.gateway.control_lock:
+            async with self.lock:
                 return await self._deploy(spec, package, all_traffic)
 
     async def _deploy(self, spec: DeploymentSpec, package: StagedPackage, all_traffic: bool) -> dict[str, Any]:
         endpoint = self._endpoint(spec.endpoint_name)
         previous = self.state.deployment(spec.endpoint_name, spec.name)
-        record_name = f"{spec.endpoint_name}-{spec.name}"
-        registered, _ = await asyncio.to_thread(self.gateway.registry.register, package, name=record_name)
         generation = previous.generation + 1 if previous else 1
-        settings = spec.request_settings
-        record = DeploymentRecord(
-            endpoint=spec.endpoint_name, name=spec.name,
-            model_name=registered.name, model_version=registered.version, content_hash=registered.content_hash,
-            entry=entry_for(spec.endpoint_name, spec.name, generation), generation=generation,
-            instance_type=spec.instance_type, instance_count=spec.instance_count,
-            description=spec.description, tags=spec.tags, ignored_keys=spec.ignored_keys,
-            max_concurrent_requests=settings.max_concurrent_requests_per_instance if settings else None,
-            request_timeout_seconds=(settings.request_timeout_ms / 1000
-                                     if settings and settings.request_timeout_ms else None),
-            created=previous.created if previous else datetime.now(UTC),
-        )
-        await asyncio.to_thread(
-            build_entry, package, self.gateway.settings.deployments_repository,
-            entry=record.entry, version=registered.version, content_hash=registered.content_hash,
-        )
-        entry_dir = self.gateway.settings.deployments_repository / record.entry
-        record.schemas = await asyncio.to_thread(script_schemas, entry_dir / TRITON_VERSION)
-        placement = await self.gateway.place(record)
-        record.nodes = [n.name for n in placement.nodes]
-        record.state, record.reason = placement.state, placement.reason
-        if placement.state != "ready":
-            await self._discard_entry(record.entry, placement)
-            if previous is None:
-                self.gateway.placements[(record.endpoint, record.name)] = placement
-                with self.state.transaction() as db:
-                    self.state.put_deployment(db, record)
-                    self.state.record_history(db, record.endpoint, "deployment-failed",
-                                              {"deployment": record.name, "reason": record.reason})
-                self.gateway.rebuild_routes()
-            log_tail = self.gateway.node_log(record.entry, placement.nodes or tuple(self.gateway.nodes.values()), 30)
-            raise DeploymentFailed(
-                f"deployment {record.name!r} failed: {placement.reason}"
-                + ("" if previous is None else f"; generation {previous.generation} keeps serving"),
-                details={"log_tail": log_tail} if log_tail else None,
+        entry = deployment_entry(spec.endpoint_name, spec.name, generation)
+        try:
+            ingested = await asyncio.to_thread(
+                pipeline.ingest, package, self.registry, self.settings.deployments_repository, lambda _: entry,
+                name=deployment_model(spec.endpoint_name, spec.name),
             )
-        old = self.gateway.placements.get((record.endpoint, record.name))
-        self.gateway.placements[(record.endpoint, record.name)] = placement
+        except pipeline.InspectionFailed as exc:
+            log_tail = str(exc.details.get("log_tail", ""))
+            failed = self._record(spec, previous, generation, entry, package.name, 0, package.content_hash(), {})
+            failed.state, failed.reason, failed.load_log = "failed", f"the script did not load: {exc.message}", log_tail
+            if previous is None:
+                self.deployments.mark_failed(failed)
+            self._failed(failed, previous)
+            raise self._failure(failed, previous, log_tail) from None
+        registered = ingested.record
+        record = self._record(spec, previous, generation, entry, registered.name, registered.version,
+                              registered.content_hash, ingested.inspection.schemas)
+        placement = await self.deployments.place(record)
+        record.nodes = [n.name for n in placement.nodes]
+        record.state, record.reason = placement.state.value, placement.reason
+        if not placement.ready:
+            log_tail = self.fleet.node_log(record.entry, placement.nodes, 30)
+            await self.deployments.discard(placement)
+            if previous is not None:  # nothing refers to the failed generation: the previous one keeps serving
+                self.deployments.entries.discard(placement.name)
+            self._failed(record, previous)
+            raise self._failure(record, previous, log_tail)
+        old = self.deployments.entry_of(previous) if previous is not None else None
         with self.state.transaction() as db:
             self.state.put_deployment(db, record)
             if all_traffic:
@@ -305,22 +295,44 @@ class ControlPlane:
                 "deployment": record.name, "model": f"{record.model_name}:{record.model_version}",
                 "generation": generation, "all_traffic": all_traffic,
             })
-        self.gateway.rebuild_routes()
-        if old is not None and old.entry != record.entry:
-            await self._retire(old)
+        if old is not None and old.name != record.entry:
+            await self.deployments.retire(old)
         return self.deployment_view(record)
 
-    async def _discard_entry(self, entry: str, placement: Placement) -> None:
-        await self.gateway.unload_entry(entry, placement.nodes)
-        await asyncio.to_thread(shutil.rmtree, self.gateway.settings.deployments_repository / entry, True)
+    def _record(self, spec: DeploymentSpec, previous: DeploymentRecord | None, generation: int, entry: str,
+                model_name: str, model_version: int, content_hash: str, schemas: dict[str, Any]) -> DeploymentRecord:
+        settings = spec.request_settings
+        return DeploymentRecord(
+            endpoint=spec.endpoint_name, name=spec.name,
+            model_name=model_name, model_version=model_version, content_hash=content_hash,
+            entry=entry, generation=generation,
+            instance_type=spec.instance_type, instance_count=spec.instance_count,
+            description=spec.description, tags=spec.tags, ignored_keys=spec.ignored_keys,
+            max_concurrent_requests=settings.max_concurrent_requests_per_instance if settings else None,
+            request_timeout_seconds=(settings.request_timeout_ms / 1000
+                                     if settings and settings.request_timeout_ms else None),
+            schemas=schemas,
+            created=previous.created if previous else datetime.now(UTC),
+        )
 
-    async def _retire(self, placement: Placement | None) -> None:
-        """Drain an entry that no longer takes new requests, then unload and remove it."""
-        if placement is not None:
-            await self.gateway.retire(placement, "unloaded", "no longer served", remove_dir=True)
+    def _failed(self, record: DeploymentRecord, previous: DeploymentRecord | None) -> None:
+        """A first deployment that failed stays visible, with why; a failed update leaves no trace but history."""
+        with self.state.transaction() as db:
+            if previous is None:
+                self.state.put_deployment(db, record)
+            self.state.record_history(db, record.endpoint, "deployment-failed",
+                                      {"deployment": record.name, "reason": record.reason})
+
+    @staticmethod
+    def _failure(record: DeploymentRecord, previous: DeploymentRecord | None, log_tail: str) -> DeploymentFailed:
+        return DeploymentFailed(
+            f"deployment {record.name!r} failed: {record.reason}"
+            + ("" if previous is None else f"; generation {previous.generation} keeps serving"),
+            details={"log_tail": log_tail} if log_tail else None,
+        )
 
     async def delete_deployment(self, endpoint: str, name: str) -> None:
-        async with self.gateway.control_lock:
+        async with self.lock:
             self._deployment(endpoint, name)  # 404 names the known deployments
             endpoint_record = self._endpoint(endpoint)
             if endpoint_record.traffic.get(name, 0) > 0:
@@ -328,13 +340,13 @@ class ControlPlane:
                                "shift its traffic to 0 before deleting it")
             if endpoint_record.mirror_traffic.get(name, 0) > 0:
                 raise Conflict(f"deployment {name!r} receives mirror traffic; set it to 0 before deleting it")
+            placement = self.deployments.entry_of(self._deployment(endpoint, name))
             with self.state.transaction() as db:
                 endpoint_record.traffic.pop(name, None)
                 self.state.put_endpoint(db, endpoint_record)
                 self.state.delete_deployment(db, endpoint, name)
                 self.state.record_history(db, endpoint, "delete-deployment", {"deployment": name})
-            self.gateway.rebuild_routes()
-            await self._retire(self.gateway.placements.pop((endpoint, name), None))
+            await self.deployments.retire(placement)
 
     def openapi(self, endpoint: str, deployment: str | None) -> dict[str, Any]:
         """The scoring URL's OpenAPI document, from the deployment taking the most traffic (or the one named)."""
@@ -344,13 +356,15 @@ class ControlPlane:
             raise NotFound(f"endpoint {endpoint!r} has no deployments yet")
         name = deployment or max(deployments, key=lambda d: (record.traffic.get(d, 0), d))
         chosen = deployments.get(name) or self._deployment(endpoint, name)
-        version_dir = self.gateway.settings.deployments_repository / chosen.entry / TRITON_VERSION
+        version_dir = self.settings.deployments_repository / chosen.entry / TRITON_VERSION
         if not version_dir.is_dir():
             raise NotFound(f"deployment {name!r} has no built entry (state {chosen.state})")
         return build_document(f"{endpoint} ({name})", f"/endpoints/{endpoint}/score", version_dir, chosen.schemas)
 
     def logs(self, endpoint: str, name: str, lines: int) -> str:
         record = self._deployment(endpoint, name)
-        placement = self.gateway.placements.get((endpoint, name))
-        nodes = placement.nodes if placement and placement.nodes else tuple(self.gateway.nodes.values())
-        return self.gateway.node_log(record.entry, nodes, lines)
+        placement = self.deployments.entry_of(record)
+        node_log = self.fleet.node_log(record.entry, placement.nodes if placement else (), lines)
+        if record.load_log:  # the script failed in the inspection, before any node loaded it
+            node_log = "\n".join(filter(None, [node_log, f"==> inspection <==\n{record.load_log}"]))
+        return node_log

@@ -13,12 +13,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.auth import check_endpoint_access
-from gateway.core import Gateway
-from gateway.nodes import Node
-from gateway.routing import EndpointRoute, Served, Target
+from gateway.auth import Credentials, check_endpoint_access
+from gateway.entries import Entries
+from gateway.metrics import Metrics
+from gateway.nodes import TritonNode
+from gateway.routing import EndpointRoute, RouteTable, Served, Target
+from gateway.settings import GatewaySettings
 from turnout.errors import BadInput, Overloaded, ScoringTimeout, TurnoutError, Unauthorized
-from turnout.scoring.request import ScoringResult
+from turnout.wire import ScoringResult
 
 log = logging.getLogger("turnout.gateway.dataplane")
 MAX_PENDING_MIRRORS = 256
@@ -37,28 +39,31 @@ class Resolved:
 
 
 class DataPlane:
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
-        self.metrics = gateway.metrics
+    """Gets the route table and the entries' leases, nothing else of the runtime."""
+
+    def __init__(self, routes: RouteTable, entries: Entries, credentials: Credentials, settings: GatewaySettings,
+                 metrics: Metrics) -> None:
+        self.routes, self.entries, self.credentials = routes, entries, credentials
+        self.settings, self.metrics = settings, metrics
         self._rng = random.Random()
         self._mirrors: set[asyncio.Task[None]] = set()
 
     # --- resolution ---
     def check_model_access(self, presented: str | None) -> None:
-        if not self.gateway.settings.allow_anonymous and not self.gateway.credentials.is_admin(presented):
+        if not self.settings.allow_anonymous and not self.credentials.is_admin(presented):
             raise Unauthorized("model URLs need 'Authorization: Bearer <admin key>' (or a gateway in dev mode)")
 
     def resolve_model(self, name: str, version: int | None, presented: str | None, *, v2: bool = False) -> Resolved:
         self.check_model_access(presented)
-        number, served = self.gateway.routes.model(name, version)
+        number, served = self.routes.current.model(name, version)
         if served.kind == "triton" and not v2:
             raise BadInput(f"model {name!r} is a plain Triton model: call it at /v2/models/{name}/infer")
         target = served.ready_target(f"model {name!r} version {number}")
         return Resolved(target, served, "model", name, str(number))
 
     def resolve_endpoint(self, name: str, pinned: str | None, presented: str | None) -> Resolved:
-        route = self.gateway.routes.endpoint(name)
-        check_endpoint_access(self.gateway.credentials, name, route.auth_mode, route.key_hashes, presented)
+        route = self.routes.current.endpoint(name)
+        check_endpoint_access(self.credentials, name, route.auth_mode, route.key_hashes, presented)
         if pinned:
             served = route.deployment(pinned)
             return Resolved(served.ready_target(f"deployment {pinned!r}"), served, "endpoint", name, pinned)
@@ -91,15 +96,15 @@ class DataPlane:
         answer = await self.guarded(resolved, lambda node: node.forward(method, path, body, headers))
         return answer  # type: ignore[no-any-return]
 
-    async def guarded(self, resolved: Resolved, call: Callable[[Node], Awaitable[Any]]) -> Any:
-        """Bound in-flight requests, bound time, count the outcome."""
-        key = resolved.target.entry  # per entry: a deployment's old and new generation drain separately
-        limit = resolved.served.max_inflight or self.gateway.settings.max_inflight_per_deployment
-        inflight = self.gateway.inflight
-        if inflight[key] >= limit:
+    async def guarded(self, resolved: Resolved, call: Callable[[TritonNode], Awaitable[Any]]) -> Any:
+        """Bound in-flight requests, bound time, count the outcome. The request holds a lease on its
+        entry (per entry: a deployment's old and new generation drain separately)."""
+        key = resolved.target.entry
+        limit = resolved.served.max_inflight or self.settings.max_inflight_per_deployment
+        if self.entries.inflight[key] >= limit:
             self.metrics.observe(resolved.kind, resolved.name, resolved.deployment, 429, 0.0)
             raise Overloaded(f"{resolved.kind} {resolved.name!r} has {limit} requests in flight; retry shortly")
-        inflight[key] += 1
+        self.entries.acquire(key)
         started = time.perf_counter()
         code = 500
         try:
@@ -111,13 +116,13 @@ class DataPlane:
         except TurnoutError as exc:
             code = int(exc.status)
             if exc.details.get("crashed"):
-                self.gateway.report_crash(key, "a request found its process gone")
+                self.entries.report_crash(key, "a request found its process gone")
             raise
         except TimeoutError:
             code = 504
             raise ScoringTimeout(f"{resolved.kind} {resolved.name!r} did not answer in time") from None
         finally:
-            inflight[key] -= 1
+            self.entries.release(key)
             self.metrics.observe(resolved.kind, resolved.name, resolved.deployment, code,
                                  time.perf_counter() - started)
 
@@ -133,7 +138,7 @@ class DataPlane:
     async def _mirror(self, endpoint: str, deployment: str, body: bytes, meta: bytes) -> None:
         """A copy of a live request; its answer and errors are counted and dropped, never returned."""
         try:
-            served = self.gateway.routes.endpoint(endpoint).deployment(deployment)
+            served = self.routes.current.endpoint(endpoint).deployment(deployment)
             mirrored = Resolved(served.ready_target(f"deployment {deployment!r}"), served, "endpoint", endpoint,
                                 deployment)
             result = await self._call(mirrored, body, meta)

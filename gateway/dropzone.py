@@ -23,20 +23,20 @@ import asyncio
 import logging
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from watchfiles import awatch
 
 from gateway.catalog import EntryInfo, read_entry
-from packager.build import build_entry
-from packager.sources import StagedPackage, resolve_source
+from gateway.entries import EntryState
+from gateway.models import ModelEntry, RepositoryModels
+from gateway.settings import GatewaySettings
+from packager import pipeline
+from packager.naming import drop_entry
+from packager.registry import Registry
 from packager.spec import looks_like_azure_deployment
-from packager.validate import validate_package
-from turnout.errors import PackageError, TurnoutError
-
-if TYPE_CHECKING:
-    from gateway.core import Gateway, ModelStatus
+from turnout.errors import TurnoutError
 
 log = logging.getLogger("turnout.gateway.dropzone")
 PENDING_MARKER = ".turnout-pending"
@@ -52,12 +52,6 @@ def is_candidate(path: Path) -> bool:
         return True
     lowered = name.lower()
     return lowered.endswith(_ARCHIVES) or (lowered.endswith((".yml", ".yaml")) and looks_like_azure_deployment(path))
-
-
-def drop_entry(name: str, version: int) -> str:
-    """Entries built from drops live in their own namespace: a packager-built ``<name>-v<version>`` in
-    the repository must not collide (Triton refuses a model found in two repositories)."""
-    return f"drop.{name}.v{version}"
 
 
 def fingerprint(path: Path) -> str:
@@ -94,12 +88,18 @@ def _newest_change(path: Path) -> float:
         return time.time()
 
 
+@dataclass(frozen=True)
+class Built:
+    info: EntryInfo
+    mode: str = ""
+
+
 class DropZone:
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
+    def __init__(self, models: RepositoryModels, registry: Registry, settings: GatewaySettings) -> None:
+        self.models, self.registry, self.settings = models, registry, settings
         # Absolute: watchfiles reports absolute paths, which a relative repository never matches.
-        self.repository = gateway.settings.repository.resolve()
-        self.quiet = gateway.settings.drop_quiet_seconds
+        self.repository = settings.repository.resolve()
+        self.quiet = settings.drop_quiet_seconds
         self.seen: dict[str, str] = {}  # item -> fingerprint it was last acted on with
         self.pending: dict[str, float] = {}  # item -> monotonic time of its last change
         self._lock = asyncio.Lock()
@@ -122,14 +122,14 @@ class DropZone:
     async def _restore_kept_versions(self) -> None:
         """With ``--keep-versions N``, the N-1 versions before a dropped model's newest were serving
         before the restart, but the repository holds only the newest: load their built entries again."""
-        keep = self.gateway.settings.keep_versions
-        built_root = self.gateway.settings.built_repository
+        keep = self.settings.keep_versions
+        built_root = self.settings.built_repository
         if keep <= 1 or not built_root.is_dir():
             return
-        newest = {s.info.name: s for s in self.gateway.models.values() if s.drop and s.state == "ready"}
+        newest = {m.info.name: m for m in self.models.all() if m.drop and m.ready}
         older: dict[str, list[EntryInfo]] = {}
         for path in sorted(built_root.iterdir()):
-            if path.name in self.gateway.models:
+            if self.models.get(path.name) is not None:
                 continue
             info = await asyncio.to_thread(read_entry, path)
             if info is None or info.problem or info.name not in newest or info.version >= newest[info.name].info.version:
@@ -137,9 +137,9 @@ class DropZone:
             older.setdefault(info.name, []).append(info)
         for name, infos in older.items():
             for info in sorted(infos, key=lambda i: i.version, reverse=True)[: keep - 1]:
-                status = await self.gateway.load_model(info, drop=newest[name].drop)
-                log.info("restored %s:%d (--keep-versions %d): %s", name, info.version, keep, status.state)
-            await self.gateway.settle_versions(name)
+                model = await self.models.load(info, drop=newest[name].drop)
+                log.info("restored %s:%d (--keep-versions %d): %s", name, info.version, keep, model.state)
+            await self.models.settle(name)
 
     async def _quiet(self, path: Path, timeout: float) -> bool:
         """Wait (bounded) until nothing in ``path`` changed for the quiet period."""
@@ -195,76 +195,51 @@ class DropZone:
             self.seen[name] = mark
             started = time.monotonic()
             try:
-                status = await self._load(name, path)
+                model = await self._load(name, path)
             except TurnoutError as exc:
-                self._report_failure(name, exc.message, exc.details.get("model"), exc.details.get("log_tail", ""))
+                self.models.report_failure(name, f"{name}: {exc.message}", exc.details.get("model"),
+                                           exc.details.get("log_tail", ""))
                 return
-            if status is None:
+            if model is None:
                 return
-            if status.state == "ready":
-                self.gateway.models.pop(f"drop:{name}", None)
-                await self.gateway.settle_versions(status.info.name)
-                log.info("drop %s is live as %s:%d in %.2f s", name, status.info.name, status.info.version,
+            if model.ready:
+                self.models.clear_failure(name)
+                await self.models.settle(model.info.name)
+                log.info("drop %s is live as %s:%d in %.2f s", name, model.info.name, model.info.version,
                          time.monotonic() - started)
             else:
-                log.warning("drop %s failed: %s", name, status.reason)
-            self.gateway.rebuild_routes()
+                log.warning("drop %s failed: %s", name, model.reason)
 
-    async def _load(self, name: str, path: Path) -> ModelStatus | None:
+    async def _load(self, name: str, path: Path) -> ModelEntry | None:
         if (path / "config.pbtxt").is_file():
             info = await asyncio.to_thread(read_entry, path)
+            built = Built(info) if info is not None else None
         else:
-            info = await asyncio.to_thread(self._build_package, name, path)
-        if info is None:
+            built = await asyncio.to_thread(self._build_package, path)
+        if built is None:
             return None
-        current = self.gateway.models.get(info.entry)
-        if (current is not None and current.state == "ready" and info.manifest is not None
-                and current.info.manifest == info.manifest):
+        info = built.info
+        current = self.models.get(info.entry)
+        if current is not None and current.ready and info.manifest is not None and current.info.manifest == info.manifest:
             return current  # the same content again (a restart, a touch): nothing to do
-        return await self.gateway.load_model(info, drop=name)
+        return await self.models.load(info, drop=name, mode=built.mode)
 
-    def _build_package(self, name: str, path: Path) -> EntryInfo | None:
-        staged: StagedPackage = resolve_source(_source_for(path), self.gateway.registry)
-        with staged:
-            result = validate_package(staged)
-            if not result.ok:
-                tail = "\n".join(result.log.splitlines()[-20:])
-                raise PackageError(f"{name}: {result.message}", details={"model": staged.name, "log_tail": tail})
-            record, _ = self.gateway.registry.register(staged)
-            built = build_entry(staged, self.gateway.settings.built_repository,
-                                entry=drop_entry(record.name, record.version), version=record.version,
-                                content_hash=record.content_hash)
-        return read_entry(built.path)
-
-    def _report_failure(self, name: str, reason: str, model: str | None, log_tail: str) -> None:
-        from gateway.core import ModelStatus
-
-        key = f"drop:{name}"
-        info = EntryInfo(entry=key, name=model or Path(name).stem, version=0, kind="package", problem=reason)
-        self.gateway.models[key] = ModelStatus(entry=key, info=info, drop=name, state="failed", reason=reason,
-                                               log_tail=log_tail)
-        self.gateway.rebuild_routes()
-        log.warning("drop %s failed: %s", name, reason)
+    def _build_package(self, path: Path) -> Built | None:
+        with pipeline.stage(_source_for(path), self.registry) as staged:
+            ingested = pipeline.ingest(staged, self.registry, self.settings.built_repository,
+                                       lambda record: drop_entry(record.name, record.version))
+        info = read_entry(ingested.built.path)
+        return Built(info, ingested.inspection.mode or "") if info is not None else None
 
     async def _removed(self, name: str) -> None:
         self.seen.pop(name, None)
-        statuses = [s for s in self.gateway.models.values() if s.drop == name]
-        names = {s.info.name for s in statuses}
-        for status in statuses:
-            built = (self.gateway.settings.built_repository / status.entry).is_dir()
-            if status.nodes:
-                await self.gateway.retire(status, "removed", f"its package {name!r} left the repository", built)
-            self.gateway.models.pop(status.entry, None)
-        for model in names:
-            if not any(s.info.name == model for s in self.gateway.models.values()):
-                self.gateway.removed[model] = f"its package {name!r} was deleted from the repository"
-        if statuses:
+        names = await self.models.remove_drop(name)
+        if names:
             log.info("drop %s removed: %s unloaded", name, ", ".join(sorted(names)))
-        self.gateway.rebuild_routes()
 
     def _remove_orphan_builds(self) -> None:
         """Built entries no loaded model refers to (a killed gateway's leftovers, removed drops)."""
-        live = {entry for entry, status in self.gateway.models.items() if status.state != "unloaded"}
-        for entry in self.gateway.settings.built_repository.iterdir():
+        live = {m.name for m in self.models.all() if m.state is not EntryState.unloaded}
+        for entry in self.settings.built_repository.iterdir():
             if entry.is_dir() and entry.name not in live:
                 shutil.rmtree(entry, ignore_errors=True)

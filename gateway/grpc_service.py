@@ -16,8 +16,9 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from gateway.auth import bearer
 from gateway.dataplane import DataPlane, Resolved
-from gateway.nodes import Node
+from gateway.nodes import TritonNode
 from gateway.routing import DEPLOYMENT_HEADER
+from gateway.services import Services
 from turnout.errors import GRPC_CODE_FOR_STATUS, NodeUnreachable, TurnoutError, from_wire
 
 log = logging.getLogger("turnout.gateway.grpc")
@@ -31,7 +32,7 @@ class _Stubs:
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, pb_grpc.GRPCInferenceServiceStub] = {}
 
-    def stub(self, node: Node) -> pb_grpc.GRPCInferenceServiceStub:
+    def stub(self, node: TritonNode) -> pb_grpc.GRPCInferenceServiceStub:
         if node.name not in self._stubs:
             if not node.spec.grpc_url:
                 raise NodeUnreachable(f"node {node.name} has no grpc_url in the nodes file")
@@ -51,16 +52,17 @@ async def _abort(context: grpc.aio.ServicerContext, exc: TurnoutError) -> None:
     await context.abort(code, exc.message)
 
 
-class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, dataplane: DataPlane) -> None:
-        self.dataplane = dataplane
+class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.dataplane: DataPlane = services.dataplane
         self.stubs = _Stubs()
 
     def _resolve(self, name: str, version: str, context: grpc.aio.ServicerContext,
                  parameters: Any = None) -> Resolved:
         metadata = {k.lower(): v for k, v in (context.invocation_metadata() or ())}
         credential = bearer(metadata.get("authorization"))
-        if name in self.dataplane.gateway.routes.endpoints:
+        if name in self.dataplane.routes.current.endpoints:
             pinned = metadata.get(PIN)
             if parameters is not None and PIN in parameters:
                 pinned = parameters[PIN].string_param
@@ -68,7 +70,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         return self.dataplane.resolve_model(name, int(version) if version else None, credential, v2=True)
 
     async def _forward(self, resolved: Resolved, method: str, request: Any) -> Any:
-        async def call(node: Node) -> Any:
+        async def call(node: TritonNode) -> Any:
             try:
                 return await getattr(self.stubs.stub(node), method)(request)
             except grpc.aio.AioRpcError as exc:
@@ -116,8 +118,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ServerLiveResponse(live=True)
 
     async def ServerReady(self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext) -> Any:
-        gateway = self.dataplane.gateway
-        return pb.ServerReadyResponse(ready=gateway.ready and any(n.healthy for n in gateway.nodes.values()))
+        return pb.ServerReadyResponse(ready=self.services.ready)
 
     async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext) -> Any:
         return pb.ServerMetadataResponse(name="turnout", version="0.1.0", extensions=["binary_tensor_data"])
@@ -140,10 +141,10 @@ class GrpcServer:
         await self.service.stubs.close()
 
 
-async def start_grpc_server(dataplane: DataPlane, host: str, port: int) -> GrpcServer:
+async def start_grpc_server(services: Services, host: str, port: int) -> GrpcServer:
     options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
     server = grpc.aio.server(options=options)
-    service = InferenceService(dataplane)
+    service = InferenceService(services)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(service, server)
     bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()

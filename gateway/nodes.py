@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlparse
 
 import aiohttp
@@ -19,9 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.coalesce import Coalescer, Coalescing
 from gateway.metrics import Metrics
-from gateway.triton_http import Answer, decode_batch, encode_batch, only
 from gateway.upstream import UpstreamPool
-from packager.spec import kind_for_instance_type, read_yaml
+from packager.spec import read_yaml
+from turnout import wire
 from turnout.errors import (
     NodeUnreachable,
     NotReady,
@@ -31,8 +31,8 @@ from turnout.errors import (
     TurnoutError,
     from_wire,
 )
-from turnout.scoring.request import ScoringResult
-from turnout.triton.config import InstanceKind
+from turnout.manifest import InstanceKind
+from turnout.wire import Answer, ScoringResult, decode_batch, encode_batch, only
 
 log = logging.getLogger("turnout.gateway.nodes")
 
@@ -69,16 +69,25 @@ def load_nodes_file(path: Path) -> list[NodeSpec]:
     return specs
 
 
-def pool_for_instance_type(instance_type: str | None, overrides: dict[str, str], default: str) -> str:
-    if not instance_type:
-        return default
-    if instance_type in overrides:
-        return overrides[instance_type]
-    # Azure VM sizes: the N-series carry GPUs, everything else is CPU.
-    return kind_for_instance_type(instance_type).value
+class TritonNode(Protocol):
+    """What the gateway needs of a Triton node: :class:`Node` over HTTP, or a fake in unit tests."""
+
+    spec: NodeSpec
+    name: str
+    healthy: bool
+
+    async def score(self, entry: str, body: bytes, meta: bytes, coalescing: Coalescing = ...) -> ScoringResult: ...
+    async def forward(self, method: str, path: str, body: bytes,
+                      headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]: ...
+    async def load(self, entry: str, config: dict[str, Any] | None = None) -> None: ...
+    async def unload(self, entry: str) -> None: ...
+    async def probe(self, entry: str) -> None: ...
+    async def index(self) -> list[dict[str, Any]]: ...
+    async def check_health(self) -> bool: ...
+    def entry_log(self, entry: str, lines: int = 200) -> str | None: ...
+    async def close(self) -> None: ...
 
 
-PROBE_META = b'{"probe":true}'
 _NOT_LOADED = ("unknown model", "is not found", "is not ready", "no version is available", "unavailable")
 
 
@@ -191,7 +200,7 @@ class Node:
     async def probe(self, entry: str) -> None:
         """Ask the entry's stub to answer without running user code (raises if its process is gone).
         Never coalesced: the backend takes a whole Triton request whose first META is a probe as one."""
-        only(await self._infer(entry, ((b"", PROBE_META),)))
+        only(await self._infer(entry, ((b"", wire.PROBE_META),)))
 
     async def index(self) -> list[dict[str, Any]]:
         status, _, data = await self._call("POST", "/v2/repository/index", json={})
@@ -214,7 +223,7 @@ class Node:
             return None
         path = self.spec.log_dir / f"{entry}.log"
         try:
-            return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+            return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
 

@@ -1,7 +1,8 @@
 """The routing table: which Triton entry on which nodes answers each URL.
 
-A :class:`Routes` snapshot is immutable; the control plane builds a new one and swaps it in with one
-assignment, so a request sees either the old table or the new one, never half of a change.
+A :class:`Routes` snapshot is immutable. :class:`RouteTable` builds a new one whenever an entry or the
+durable state changes (it subscribes to both) and swaps it in with one assignment, so a request sees
+either the old table or the new one, never half of a change; nobody rebuilds routes by hand.
 """
 
 from __future__ import annotations
@@ -12,7 +13,11 @@ import random
 from dataclasses import dataclass, field
 
 from gateway.coalesce import Coalescing
-from gateway.nodes import Node
+from gateway.deployments import Deployments
+from gateway.entries import GONE, EntryState
+from gateway.models import RepositoryModels
+from gateway.nodes import TritonNode
+from gateway.state import StateStore
 from turnout.errors import NodeUnreachable, NotFound, NotReady
 
 # Azure's header (and gRPC metadata key) that pins a deployment, and names the one that served.
@@ -24,11 +29,11 @@ class Target:
     """One entry loaded on one or more nodes; requests rotate over the healthy ones."""
 
     entry: str
-    nodes: tuple[Node, ...]
+    nodes: tuple[TritonNode, ...]
     coalescing: Coalescing = Coalescing()
     _turn: itertools.count[int] = field(default_factory=itertools.count, compare=False, repr=False)
 
-    def pick(self) -> Node:
+    def pick(self) -> TritonNode:
         if len(self.nodes) == 1:
             return self.nodes[0]
         start = next(self._turn)
@@ -44,18 +49,19 @@ class Served:
     """A model version or a deployment: its target when ready, else why not."""
 
     target: Target | None
-    state: str
+    state: EntryState
     reason: str = ""
     kind: str = "python_scoring"  # or "triton": a plain Triton model, served over /v2 only
     max_inflight: int | None = None
     timeout: float | None = None  # the deployment's request_timeout (Azure's request_settings)
 
     def ready_target(self, what: str) -> Target:
-        if self.target is None and self.state in ("unloaded", "removed"):
+        if self.target is None and self.state in GONE:
             raise NotFound(f"{what} is no longer served: {self.reason}")
         if self.target is None:
             detail = f": {self.reason}" if self.reason else ""
-            raise NotReady(f"{what} is {self.state}{detail}", retry_after=5 if self.state == "loading" else 30)
+            retry = 5 if self.state in (EntryState.loading, EntryState.restarting) else 30
+            raise NotReady(f"{what} is {self.state.value}{detail}", retry_after=retry)
         return self.target
 
 
@@ -100,7 +106,7 @@ class Routes:
             raise NotFound(f"no model named {name!r} in the repository")
         if version is None:
             ready = [v for v, served in versions.items() if served.target is not None]
-            live = [v for v, served in versions.items() if served.state not in ("unloaded", "removed", "failed")]
+            live = [v for v, served in versions.items() if served.state not in GONE | {EntryState.failed}]
             version = max(ready or live or versions)
         if version not in versions:
             raise NotFound(f"model {name!r} has no version {version} (versions: {', '.join(map(str, sorted(versions)))})")
@@ -111,3 +117,51 @@ class Routes:
             return self.endpoints[name]
         except KeyError:
             raise NotFound(f"no endpoint named {name!r}") from None
+
+
+class RouteTable:
+    """The current :class:`Routes`, republished after every change of entries or state."""
+
+    def __init__(self, models: RepositoryModels, deployments: Deployments, state: StateStore) -> None:
+        self.models, self.deployments, self.state = models, deployments, state
+        self.current = Routes()
+        models.entries.subscribe(self.publish)
+        state.subscribe(self.publish)
+
+    def publish(self) -> None:
+        self.current = Routes(models=self._models(), endpoints=self._endpoints(), removed=dict(self.models.removed))
+
+    def _models(self) -> dict[str, dict[int, Served]]:
+        models: dict[str, dict[int, Served]] = {}
+        for model in self.models.all():
+            info = model.info
+            target = Target(info.entry, model.nodes, info.coalescing) if model.ready else None
+            models.setdefault(info.name, {})[info.version] = Served(target, model.state, model.reason, kind=info.kind)
+        return models
+
+    def _endpoints(self) -> dict[str, EndpointRoute]:
+        endpoints = {}
+        records = self.state.deployments()
+        for endpoint in self.state.endpoints():
+            served = {}
+            for record in (d for d in records if d.endpoint == endpoint.name):
+                entry = self.deployments.entry_of(record)
+                limit = (record.max_concurrent_requests * record.instance_count
+                         if record.max_concurrent_requests else None)
+                if entry is None:  # not placed yet since this gateway started
+                    served[record.name] = Served(None, EntryState.loading, "being placed on its nodes",
+                                                 timeout=record.request_timeout_seconds)
+                    continue
+                target = Target(entry.name, entry.nodes, entry.coalescing) if entry.ready else None
+                served[record.name] = Served(target, entry.state, entry.reason, max_inflight=limit,
+                                             timeout=record.request_timeout_seconds)
+            mirror = next(iter(endpoint.mirror_traffic.items()), None)
+            endpoints[endpoint.name] = EndpointRoute(
+                name=endpoint.name,
+                auth_mode=endpoint.auth_mode,
+                key_hashes=tuple(endpoint.key_hashes),
+                deployments=served,
+                traffic=tuple((d, w) for d, w in sorted(endpoint.traffic.items()) if w > 0),
+                mirror=mirror if mirror and mirror[1] > 0 else None,
+            )
+        return endpoints

@@ -1,14 +1,21 @@
-"""Gateway settings: one pydantic model, built once by the CLI (or a test) and handed to create_app()."""
+"""Gateway settings: one model, the single home of every default.
+
+Each field is set, strongest first, by its ``gateway serve`` option (derived from this model, see
+gateway/cli.py), by a ``TURNOUT_<FIELD>`` environment variable (``TURNOUT_STATE_DIR``, ``TURNOUT_NODES_FILE``,
+``TURNOUT_INSTANCE_TYPE_POOLS='{"Standard_X": "gpu"}'``), or by its default here. Built once by the CLI
+(or a test) and handed to create_app().
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-class GatewaySettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TURNOUT_", extra="forbid", frozen=True)
 
     repository: Path = Field(default=Path("model_repository"), description="Model repository of dropped/built models.")
     state_dir: Path = Field(default=Path(".turnout/gateway"), description="SQLite state, keys, deployment entries.")
@@ -39,6 +46,14 @@ class GatewaySettings(BaseModel):
     instance_type_pools: dict[str, str] = Field(
         default_factory=dict, description="Extra instance_type -> pool mappings (override the built-in table)."
     )
+    log_level: str = Field(default="info", pattern="^(debug|info|warning|error)$",
+                           description="debug, info, warning or error.")
+
+    @field_validator("repository", "state_dir", "nodes_file")
+    @classmethod
+    def _absolute(cls, path: Path | None) -> Path | None:
+        # Resolved once, here: child processes and Triton run in other working directories.
+        return path.expanduser().resolve() if path is not None else None
 
     @property
     def deployments_repository(self) -> Path:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -79,6 +79,7 @@ class DeploymentRecord(BaseModel):
     request_timeout_seconds: float | None = None
     ignored_keys: list[str] = Field(default_factory=list)
     schemas: dict[str, Any] = Field(default_factory=dict, description="run()'s inference-schema, if any")
+    load_log: str = Field(default="", description="the inspection's log, when the script failed to load there")
     created: datetime = Field(default_factory=now)
     updated: datetime = Field(default_factory=now)
 
@@ -90,6 +91,7 @@ class StateStore:
         # One connection, used from the event loop's thread and the control plane's; serialised by a lock.
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
         self._lock = threading.RLock()
+        self._listeners: list[Callable[[], None]] = []
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA foreign_keys=ON")
@@ -97,6 +99,10 @@ class StateStore:
 
     def close(self) -> None:
         self._db.close()
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        """Called after every committed transaction (the route table republishes itself)."""
+        self._listeners.append(listener)
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -108,6 +114,8 @@ class StateStore:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+        for listener in self._listeners:
+            listener()
 
     def _rows(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         with self._lock:

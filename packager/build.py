@@ -17,7 +17,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from packager.sources import PACKAGE_FILE, StagedPackage
+from packager.naming import model_entry
+from packager.package import PACKAGE_FILE, StagedPackage
 from packager.spec import check_name
 from turnout.errors import PackageError
 from turnout.manifest import CODE_DIR, Manifest
@@ -35,22 +36,6 @@ class BuiltEntry:
     changed: bool  # False: an identical entry was already there
 
 
-def default_entry_name(name: str, version: int) -> str:
-    return f"{name}-v{version}"
-
-
-def entry_config(package: StagedPackage, entry: str) -> EntryConfig:
-    spec = package.spec
-    return EntryConfig(
-        name=entry,
-        instance_kind=spec.instance.kind,
-        instance_count=spec.instance.count,
-        max_batch_size=spec.batching.max_batch_size,
-        dynamic_batching=spec.batching.enabled,
-        max_queue_delay_microseconds=spec.batching.max_queue_delay_microseconds,
-    )
-
-
 def build_entry(
     package: StagedPackage,
     repository: Path,
@@ -60,13 +45,13 @@ def build_entry(
     content_hash: str | None = None,
 ) -> BuiltEntry:
     version = version or package.spec.version or 1
-    entry = check_name(entry or default_entry_name(package.name, version), "entry name")
+    entry = check_name(entry or model_entry(package.name, version), "entry name")
     manifest = package.manifest(version, content_hash)
     final = repository / entry
     if (final / TRITON_VERSION).is_dir():
         try:
             current = Manifest.read(final / TRITON_VERSION)
-            if current == manifest.model_copy(update={"source": current.source}):
+            if current == manifest.replace(source=current.source):
                 return BuiltEntry(entry, final, current, changed=False)
         except PackageError:
             pass  # not ours or broken: replace it
@@ -79,7 +64,8 @@ def build_entry(
         if not (version_dir / CODE_DIR / manifest.scoring_script).is_file():
             raise PackageError(f"{entry}: scoring script {manifest.scoring_script!r} missing from the package")
         manifest.write(version_dir)
-        (staged / "config.pbtxt").write_text(render(build_model_config(entry_config(package, entry))))
+        config = build_model_config(EntryConfig.from_manifest(manifest, entry))
+        (staged / "config.pbtxt").write_text(render(config), encoding="utf-8")
         _swap_into_place(staged, final, staging)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -9,12 +9,12 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from packager.build import build_entry
+from packager import pipeline
+from packager.inspection import Inspection, inspect_package
+from packager.package import StagedPackage
 from packager.registry import Registry, default_registry_root
 from packager.scaffold import scaffold
-from packager.sources import StagedPackage, resolve_source
 from packager.testing import request_body_for, run_package_test
-from packager.validate import ValidationResult, validate_package
 from turnout.errors import TurnoutError
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -34,7 +34,7 @@ def _fail(message: str, code: int = 2) -> NoReturn:
 
 
 def _stage(source: str, registry: Path | None) -> StagedPackage:
-    package = resolve_source(source, Registry(default_registry_root(registry)))
+    package = pipeline.stage(source, Registry(default_registry_root(registry)))
     for warning in package.warnings:
         typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
     return package
@@ -55,7 +55,7 @@ def init(
 def validate(source: SourceArgument, registry: RegistryOption = None) -> None:
     """Load the scoring script with the backend's loader (in a subprocess) and report its mode."""
     with _stage(source, registry) as package:
-        result = validate_package(package)
+        result = inspect_package(package)
     if result.log.strip():
         typer.echo(result.log.rstrip(), err=True)
     if not result.ok:
@@ -64,8 +64,8 @@ def validate(source: SourceArgument, registry: RegistryOption = None) -> None:
     _advise(result)
 
 
-def _advise(result: ValidationResult) -> None:
-    if result.advice:
+def _advise(result: Inspection | None) -> None:
+    if result is not None and result.advice:
         typer.secho(f"hint: {result.advice}", fg=typer.colors.CYAN, err=True)
 
 
@@ -88,13 +88,14 @@ def register(
         tags[key] = value
     reg = Registry(default_registry_root(registry))
     with _stage(source, registry) as package:
-        if not skip_validation:
-            result = validate_package(package)
-            if not result.ok:
-                typer.echo(result.log.rstrip(), err=True)
-                _fail(f"not registered: {result.message}")
-            _advise(result)
-        record, created = reg.register(package, name=name, version=version, tags=tags, description=description)
+        try:
+            record, created, inspection = pipeline.register(
+                package, reg, validate=not skip_validation, name=name, version=version, tags=tags,
+                description=description)
+        except pipeline.InspectionFailed as exc:
+            typer.echo(str(exc.details.get("log_tail", "")).rstrip(), err=True)
+            _fail(f"not registered: {exc.message}")
+        _advise(inspection)
     verb = "registered" if created else "already registered (same content)"
     typer.echo(f"{verb} {record.ref} {record.content_hash}")
 
@@ -132,7 +133,7 @@ def build(
 ) -> None:
     """Build SOURCE into a Triton model-repository entry (staged, then moved into place)."""
     with _stage(source, registry) as package:
-        built = build_entry(package, repository, entry=name)
+        built = pipeline.build(package, repository, entry=name)
     state = "built" if built.changed else "unchanged"
     typer.echo(f"{state} {built.path} ({built.manifest.name}:{built.manifest.version})")
 

@@ -1,40 +1,21 @@
 """OpenAPI documents for scoring URLs, as Azure ML builds its swagger.json: from ``run()``'s
-inference-schema decorators when it has them, else from the package's declared signature, else from its
-sample request. The script is imported (never initialised) in a subprocess to read its decorators."""
+inference-schema decorators when it has them (read by the inspection, packager/inspection.py), else from
+the package's declared signature, else from its sample request."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-from turnout.manifest import CODE_DIR, MANIFEST_FILE, Manifest
-
-_MARK = "@@turnout-schema@@"
-
-
-def script_schemas(version_dir: Path, timeout: float = 120.0) -> dict[str, Any]:
-    """{"input": ..., "output": ...} from the script's inference-schema decorators ({} when none)."""
-    try:
-        completed = subprocess.run(
-            [sys.executable, "-m", "packager.openapi", str(version_dir)],
-            capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
-        )
-    except subprocess.TimeoutExpired:
-        return {}
-    for line in completed.stdout.splitlines():
-        if line.startswith(_MARK):
-            return dict(json.loads(line[len(_MARK):]))
-    return {}
+from turnout.manifest import CODE_DIR, Manifest
 
 
 def _sample(version_dir: Path, manifest: Manifest) -> Any:
     if manifest.sample_request is None:
         return None
     try:
-        return json.loads((version_dir / CODE_DIR / manifest.sample_request).read_text())
+        return json.loads((version_dir / CODE_DIR / manifest.sample_request).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
 
@@ -44,8 +25,8 @@ def build_document(title: str, path: str, version_dir: Path, schemas: dict[str, 
     request_schema: dict[str, Any] = schemas.get("input") or {"type": "object"}
     response_schema: dict[str, Any] = schemas.get("output") or {}
     if not schemas.get("input") and manifest.signature:
-        request_schema = dict(manifest.signature.get("inputs", request_schema))  # type: ignore[arg-type]
-        response_schema = dict(manifest.signature.get("outputs", response_schema))  # type: ignore[arg-type]
+        request_schema = dict(manifest.signature.get("inputs", request_schema))
+        response_schema = dict(manifest.signature.get("outputs", response_schema))
     sample = _sample(version_dir, manifest)
     if sample is not None and "example" not in request_schema:
         request_schema = {**request_schema, "example": sample}
@@ -68,25 +49,3 @@ def build_document(title: str, path: str, version_dir: Path, schemas: dict[str, 
         }}},
         "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
     }
-
-
-def _child(version_dir: Path) -> None:
-    from inference_schema.schema_util import get_input_schema, get_output_schema, is_schema_decorated
-
-    from turnout.errors import TurnoutError
-    from turnout.scoring.loader import import_user_script
-
-    result: dict[str, Any] = {}
-    try:
-        manifest = Manifest.model_validate_json((version_dir / MANIFEST_FILE).read_text())
-        _, module = import_user_script(manifest, version_dir, "schema")
-        run = getattr(module, "run", None)
-        if callable(run) and is_schema_decorated(run):
-            result = {"input": get_input_schema(run), "output": get_output_schema(run)}
-    except (TurnoutError, OSError, ValueError):
-        pass
-    print(_MARK + json.dumps(result, default=str), flush=True)
-
-
-if __name__ == "__main__":
-    _child(Path(sys.argv[1]))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from packager.sources import PACKAGE_FILE, StagedPackage, parse_reference
+from packager.package import PACKAGE_FILE, StagedPackage, parse_reference
 from packager.spec import PackageSpec, check_name
 from turnout.errors import Conflict, NotFound, PackageError
 

@@ -11,19 +11,21 @@ validating) works on one shape.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
 import tarfile
 import tempfile
 import zipfile
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-import orjson
-
+from packager.package import (
+    ENVIRONMENT_DIR,
+    SPEC_FILE,
+    StagedPackage,
+    parse_reference,
+)
+from packager.registry import Registry
 from packager.spec import (
     AzureDeployment,
     PackageSpec,
@@ -34,72 +36,9 @@ from packager.spec import (
     looks_like_azure_deployment,
 )
 from turnout.errors import PackageError
-from turnout.manifest import CODE_DIR, MODELS_DIR, Manifest
+from turnout.manifest import CODE_DIR, MODELS_DIR, ScoringKind
 
-if TYPE_CHECKING:
-    from packager.registry import Registry
-
-PACKAGE_FILE = "package.json"
-SPEC_FILE = "model.yaml"
-SAMPLE_REQUEST = "sample-request.json"
-ENVIRONMENT_DIR = "environment"
 _IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".git", ".ipynb_checkpoints", ".DS_Store", ".turnout-*")
-_REGISTERED = re.compile(r"^(?:azureml:)?(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*?)(?::(?P<version>\d+|latest)|@latest)?$")
-
-
-@dataclass
-class StagedPackage:
-    """A package in the normalised layout. ``root`` is temporary unless it is a registry folder."""
-
-    root: Path
-    name: str
-    spec: PackageSpec
-    model_name: str | None
-    source: str
-    warnings: list[str] = field(default_factory=list)
-    _tmp: tempfile.TemporaryDirectory[str] | None = None
-
-    def cleanup(self) -> None:
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
-
-    def __enter__(self) -> StagedPackage:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.cleanup()
-
-    def content_hash(self) -> str:
-        """sha256 over every file and the settings that change serving (not name, version, tags)."""
-        digest = hashlib.sha256()
-        serving = self.spec.model_dump(mode="json", exclude={"name", "version", "description", "tags"})
-        digest.update(orjson.dumps(serving, option=orjson.OPT_SORT_KEYS))
-        for path in sorted(p for p in self.root.rglob("*") if p.is_file() and p.name != PACKAGE_FILE):
-            digest.update(path.relative_to(self.root).as_posix().encode() + b"\0")
-            with open(path, "rb") as f:
-                digest.update(hashlib.file_digest(f, "sha256").digest())
-        return "sha256:" + digest.hexdigest()
-
-    def manifest(self, version: int, content_hash: str | None = None) -> Manifest:
-        sample = self.root / CODE_DIR / SAMPLE_REQUEST
-        return Manifest(
-            name=self.name,
-            version=version,
-            description=self.spec.description,
-            tags=self.spec.tags,
-            content_hash=content_hash or self.content_hash(),
-            scoring_script=self.spec.scoring_script,
-            model_name=self.model_name,
-            kind=self.spec.kind,
-            timeout_seconds=self.spec.timeout_seconds,
-            init_timeout_seconds=self.spec.init_timeout_seconds,
-            threads=self.spec.threads,
-            environment_variables=self.spec.environment_variables,
-            signature=self.spec.signature,
-            sample_request=SAMPLE_REQUEST if sample.is_file() else None,
-            source=self.source,
-        )
 
 
 def _new_stage() -> tuple[Path, tempfile.TemporaryDirectory[str]]:
@@ -243,7 +182,7 @@ def _spec_from_azure(deployment: AzureDeployment, scoring_script: str) -> Packag
         scoring_script=scoring_script,
         description=deployment.description or "",
         tags=deployment.tags,
-        kind="batch" if deployment.is_batch else "online",
+        kind=ScoringKind.batch if deployment.is_batch else ScoringKind.online,
         environment_variables=deployment.environment_variables,
         instance_type=deployment.instance_type,
         batch_settings=deployment.settings or {},
@@ -284,15 +223,6 @@ def _copy_registered_model(reference: str, stage: Path, registry: Registry | Non
     shutil.copytree(models, stage / MODELS_DIR)
     entries = list(models.iterdir())
     return entries[0].name if len(entries) == 1 else None
-
-
-def parse_reference(text: str) -> tuple[str, int | None] | None:
-    """``name``, ``name:3``, ``name:latest``, ``azureml:name:3``, ``name@latest`` -> (name, version|None)."""
-    match = _REGISTERED.match(text)
-    if not match:
-        return None
-    version = match.group("version")
-    return match.group("name"), (int(version) if version and version != "latest" else None)
 
 
 def resolve_source(source: str, registry: Registry | None = None) -> StagedPackage:

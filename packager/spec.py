@@ -11,8 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from turnout.errors import PackageError
-from turnout.manifest import ScoringKind
-from turnout.triton.config import InstanceKind
+from turnout.manifest import InstanceKind, ScoringKind
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 

@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from packager.build import build_entry
-from packager.sources import SAMPLE_REQUEST, StagedPackage
+from packager.package import SAMPLE_REQUEST, StagedPackage
 from turnout.errors import PackageError, TurnoutError
 from turnout.manifest import CODE_DIR
-from turnout.scoring.request import RequestMeta
 from turnout.triton.client import TritonClient
 from turnout.triton.embedded import EmbeddedTriton
+from turnout.wire import RequestMeta
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class TestOutcome:
 
 def request_body_for(package: StagedPackage, request_file: Path | None) -> bytes:
     if request_file is not None:
-        return request_file.read_bytes()
+        return bytes(request_file.read_bytes())
     sample = package.root / CODE_DIR / SAMPLE_REQUEST
     if sample.is_file():
         return sample.read_bytes()

@@ -56,6 +56,8 @@ case "${1:-}" in
     shift
     echo "==> ruff check"
     "$VENV/bin/ruff" check .
+    echo "==> mypy --strict"
+    "$VENV/bin/mypy"
     exec "$VENV/bin/python" -m pytest "$@" ;;
   bench)
     setup

@@ -5,16 +5,7 @@ entry's ``manifest.json`` (written by the packager) and loads the entry's scorin
 ``turnout.scoring``; ``execute`` turns Triton tensors into scoring requests and back. Everything about
 scoring modes lives in ``turnout.scoring``: this file only speaks Triton.
 
-Tensors (max_batch_size > 0, so each carries a leading batch axis):
-  inputs   BODY  BYTES [1]            the request body
-           META  BYTES [1], optional  JSON {"method", "path", "query", "headers"} from the gateway
-  outputs  BODY  BYTES [1]            the response body
-           META  BYTES [1]            JSON {"status", "content_type", "headers"}
-A request that fails answers with a Triton error whose message carries the Turnout error (status, code,
-message) for the gateway, and whose Triton code gives direct Triton clients the nearest HTTP status.
-The gateway sends several scoring requests in one Triton request (one element each) and asks, with
-``"inline_errors": true`` in its META, for each failure as that element's answer instead: META
-``{"error": <wire error>}``, so one bad request never fails the others it travelled with.
+The tensors, META keys and flags are the wire contract of ``turnout.wire``.
 """
 
 from __future__ import annotations
@@ -26,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 import triton_python_backend_utils as pb_utils
 
+from turnout import wire
 from turnout.errors import TRITON_CODE_FOR_STATUS, BadInput, TurnoutError
 from turnout.manifest import Manifest
-from turnout.scoring import RequestMeta, Scorer, ScoringRequest, ScoringResult, load_scorer
+from turnout.scoring import Scorer, load_scorer
+from turnout.wire import ScoringRequest, ScoringResult
 
 log = logging.getLogger("turnout.backend")
 
@@ -82,38 +74,13 @@ def _triton_error(exc: TurnoutError) -> Any:
     return pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
 
 
-def _meta_from(raw: bytes | None) -> RequestMeta:
-    if not raw:
-        return RequestMeta()
-    try:
-        fields = orjson.loads(raw)
-        return RequestMeta(
-            method=str(fields.get("method", "POST")).upper(),
-            path=str(fields.get("path", "/score")),
-            query=str(fields.get("query", "")),
-            headers={str(k): str(v) for k, v in dict(fields.get("headers", {})).items()},
-        )
-    except (orjson.JSONDecodeError, ValueError, TypeError, AttributeError) as exc:
-        raise BadInput(f"the META input is not a JSON object of request facts: {exc}") from None
-
-
 # The gateway's health probe: answered by the stub itself, so a crashed stub shows up without calling
 # user code (Triton keeps reporting such a model READY).
 _PROBE_ANSWER = ScoringResult(body=b"", status=204)
 
 
-# The gateway puts this key first in its META, so the flag costs a prefix check, not a parse.
-_INLINE_ERRORS = b'{"inline_errors":true'
-
-
 def _as_bytes(value: Any) -> bytes:
     return value if isinstance(value, bytes) else str(value).encode("utf-8")
-
-
-def _answer_meta(result: ScoringResult | TurnoutError) -> bytes:
-    if isinstance(result, TurnoutError):
-        return orjson.dumps({"error": result.to_wire()})
-    return orjson.dumps({"status": result.status, "content_type": result.content_type, "headers": result.headers})
 
 
 class TritonPythonModel:
@@ -133,19 +100,19 @@ class TritonPythonModel:
     def _decode(self, request: Any) -> tuple[list[ScoringRequest], bool] | None:
         """The request's bodies with their HTTP facts, and whether failures are answered inline; None
         for the gateway's health probe."""
-        meta_tensor = pb_utils.get_input_tensor_by_name(request, "META")
+        meta_tensor = pb_utils.get_input_tensor_by_name(request, wire.META)
         metas = meta_tensor.as_numpy().reshape(-1) if meta_tensor is not None else None
         first = _as_bytes(metas[0]) if metas is not None and len(metas) else b""
-        if first.startswith(b'{"probe":true'):
+        if wire.is_probe(first):
             return None
-        bodies = pb_utils.get_input_tensor_by_name(request, "BODY")
+        bodies = pb_utils.get_input_tensor_by_name(request, wire.BODY)
         if bodies is None:
-            raise BadInput("the request has no BODY input")
+            raise BadInput(f"the request has no {wire.BODY} input")
         decoded = []
         for i, body in enumerate(bodies.as_numpy().reshape(-1)):
-            meta = _meta_from(metas[min(i, len(metas) - 1)] if metas is not None and len(metas) else None)
-            decoded.append(ScoringRequest(body=_as_bytes(body), meta=meta))
-        return decoded, first.startswith(_INLINE_ERRORS)
+            raw = _as_bytes(metas[min(i, len(metas) - 1)]) if metas is not None and len(metas) else None
+            decoded.append(ScoringRequest(body=_as_bytes(body), meta=wire.decode_request_meta(raw)))
+        return decoded, wire.wants_inline_errors(first)
 
     def execute(self, requests: list[Any]) -> list[Any]:
         # One Triton request may carry several bodies (a client-side batch); flatten them so the scorer
@@ -180,8 +147,9 @@ class TritonPythonModel:
                 if failed is not None:
                     return pb_utils.InferenceResponse(error=_triton_error(failed))
         bodies = np.array([[b"" if isinstance(r, TurnoutError) else r.body] for r in mine], dtype=np.object_)
-        metas = np.array([[_answer_meta(r)] for r in mine], dtype=np.object_)
-        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("BODY", bodies), pb_utils.Tensor("META", metas)])
+        metas = np.array([[wire.encode_answer_meta(r)] for r in mine], dtype=np.object_)
+        return pb_utils.InferenceResponse(
+            output_tensors=[pb_utils.Tensor(wire.BODY, bodies), pb_utils.Tensor(wire.META, metas)])
 
     def finalize(self) -> None:
         finalize = getattr(self.scorer.module, "shutdown", None) if hasattr(self, "scorer") else None

@@ -10,6 +10,7 @@ from fastapi import Depends, Request, Response
 from gateway.auth import bearer
 from gateway.controlplane import ControlPlane
 from gateway.dataplane import DataPlane
+from gateway.services import Services
 from turnout.errors import PayloadTooLarge, Unauthorized
 
 REQUEST_ID_KEY = "turnout.request_id"
@@ -24,12 +25,16 @@ class JSONBody(Response):
         return orjson.dumps(content)
 
 
+async def get_services(request: Request) -> Services:
+    return request.app.state.services  # type: ignore[no-any-return]
+
+
 async def get_dataplane(request: Request) -> DataPlane:
-    return request.app.state.dataplane  # type: ignore[no-any-return]
+    return request.app.state.services.dataplane  # type: ignore[no-any-return]
 
 
 async def get_controlplane(request: Request) -> ControlPlane:
-    return request.app.state.controlplane  # type: ignore[no-any-return]
+    return request.app.state.services.controlplane  # type: ignore[no-any-return]
 
 
 async def presented_credential(request: Request) -> str | None:
@@ -38,11 +43,12 @@ async def presented_credential(request: Request) -> str | None:
 
 async def require_admin(request: Request) -> None:
     # async: FastAPI runs a plain-def dependency in its thread pool, a thread hop per request
-    gateway = request.app.state.dataplane.gateway
-    if not gateway.credentials.is_admin(bearer(request.headers.get("authorization"))):
+    services: Services = request.app.state.services
+    if not services.credentials.is_admin(bearer(request.headers.get("authorization"))):
         raise Unauthorized("the control plane needs 'Authorization: Bearer <admin key>'")
 
 
+Runtime = Annotated[Services, Depends(get_services)]
 Data = Annotated[DataPlane, Depends(get_dataplane)]
 Control = Annotated[ControlPlane, Depends(get_controlplane)]
 Credential = Annotated[str | None, Depends(presented_credential)]

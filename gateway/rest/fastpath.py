@@ -20,6 +20,7 @@ from gateway.auth import bearer
 from gateway.dataplane import DataPlane
 from gateway.rest.errors import render_error
 from gateway.routing import DEPLOYMENT_HEADER
+from turnout import wire
 from turnout.errors import PayloadTooLarge, TurnoutError
 
 log = logging.getLogger("turnout.gateway.http")
@@ -65,9 +66,7 @@ def request_meta(method: str, query: str, headers: Mapping[str, str], request_id
     """The HTTP facts a scoring script may read (Azure's request_headers, @rawhttp), as the backend wants."""
     forwarded = {_title(k): v for k, v in headers.items() if k not in _NOT_FORWARDED}
     forwarded["X-Request-Id"] = request_id
-    # inline_errors first: the backend checks it as a prefix (see backends/python_scoring/model.py).
-    return orjson.dumps({"inline_errors": True, "method": method, "path": "/score", "query": query,
-                         "headers": forwarded})
+    return wire.encode_request_meta(method, query, forwarded)
 
 
 async def score(dataplane: DataPlane, target: ScoreTarget, method: str, query: str, headers: Mapping[str, str],
@@ -117,7 +116,7 @@ async def handle(dataplane: DataPlane, target: ScoreTarget, scope: Scope, receiv
     headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
     request_id = request_id_from(headers.get("x-request-id"))
     try:
-        body = await _read_body(receive, headers.get("content-length"), dataplane.gateway.settings.max_body_bytes)
+        body = await _read_body(receive, headers.get("content-length"), dataplane.settings.max_body_bytes)
         if body is None:
             return
         query = scope.get("query_string", b"").decode("latin-1")

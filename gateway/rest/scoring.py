@@ -7,14 +7,14 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from gateway.auth import check_endpoint_access
-from gateway.rest.deps import Control, Credential, Data, read_body, request_id
+from gateway.rest.deps import Control, Credential, Data, Runtime, read_body, request_id
 from gateway.rest.fastpath import ScoreTarget, score
 
 router = APIRouter(tags=["scoring"])
 
 
 async def _answer(request: Request, dataplane: Data, target: ScoreTarget) -> Response:
-    body = await read_body(request, dataplane.gateway.settings.max_body_bytes)
+    body = await read_body(request, dataplane.settings.max_body_bytes)
     status, headers, payload = await score(
         dataplane, target, request.method, request.url.query, request.headers, body, request_id(request)
     )
@@ -43,24 +43,24 @@ async def score_model_version(model: str, version: int, request: Request, datapl
 
 @router.post("/endpoints/{endpoint}/token", summary="Exchange an endpoint key for an expiring token")
 async def endpoint_token(endpoint: str, dataplane: Data, control: Control, credential: Credential) -> dict[str, Any]:
-    route = dataplane.gateway.routes.endpoint(endpoint)
+    route = dataplane.routes.current.endpoint(endpoint)
     # A key of this endpoint (or the admin key) may mint tokens, whatever the endpoint's auth mode.
-    check_endpoint_access(dataplane.gateway.credentials, endpoint, "key", route.key_hashes, credential)
+    check_endpoint_access(dataplane.credentials, endpoint, "key", route.key_hashes, credential)
     return control.token(endpoint)
 
 
 @router.get("/models", summary="Every model in the repository, with its state")
-async def list_models(dataplane: Data, credential: Credential) -> list[dict[str, Any]]:
+async def list_models(dataplane: Data, services: Runtime, credential: Credential) -> list[dict[str, Any]]:
     dataplane.check_model_access(credential)
-    statuses = sorted(dataplane.gateway.models.values(), key=lambda s: (s.info.name, s.info.version))
-    return [status.as_dict() for status in statuses]
+    models = sorted(services.models.all(), key=lambda m: (m.info.name, m.info.version))
+    return [model.as_dict() for model in models]
 
 
 @router.get("/models/{model}", summary="One model's versions and their state")
-async def get_model(model: str, dataplane: Data, credential: Credential) -> dict[str, Any]:
+async def get_model(model: str, dataplane: Data, services: Runtime, credential: Credential) -> dict[str, Any]:
     dataplane.check_model_access(credential)
-    dataplane.gateway.routes.model(model, None)  # 404 with the known names when unknown
-    versions = [s.as_dict() for s in dataplane.gateway.models.values() if s.info.name == model]
+    dataplane.routes.current.model(model, None)  # 404 with the known names when unknown
+    versions = [m.as_dict() for m in services.models.all() if m.info.name == model]
     return {"name": model, "versions": sorted(versions, key=lambda v: v["version"])}
 
 
@@ -70,6 +70,6 @@ async def endpoint_swagger(
 ) -> dict[str, Any]:
     """Built from the serving deployment's inference-schema decorators, declared signature or sample
     request; `?deployment=` picks another deployment."""
-    route = dataplane.gateway.routes.endpoint(endpoint)
-    check_endpoint_access(dataplane.gateway.credentials, endpoint, route.auth_mode, route.key_hashes, credential)
+    route = dataplane.routes.current.endpoint(endpoint)
+    check_endpoint_access(dataplane.credentials, endpoint, route.auth_mode, route.key_hashes, credential)
     return control.openapi(endpoint, deployment)

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 
-from gateway.rest.deps import Data, JSONBody
+from gateway.rest.deps import Data, JSONBody, Runtime
 
 router = APIRouter(tags=["system"])
 
@@ -17,12 +17,11 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", summary="Initial loading is done and a node answers")
-async def readyz(dataplane: Data) -> Response:
-    gateway = dataplane.gateway
-    nodes = {n.name: n.healthy for n in gateway.nodes.values()}
-    ready = gateway.ready and any(nodes.values())
-    body: dict[str, Any] = {"status": "ready" if ready else "not ready", "loaded": gateway.ready, "nodes": nodes}
-    return JSONBody(body, status_code=200 if ready else 503)
+async def readyz(services: Runtime) -> Response:
+    nodes = {n.name: n.healthy for n in services.fleet.nodes.values()}
+    body: dict[str, Any] = {"status": "ready" if services.ready else "not ready", "loaded": services.loaded,
+                            "nodes": nodes}
+    return JSONBody(body, status_code=200 if services.ready else 503)
 
 
 @router.get("/metrics", summary="Prometheus metrics")

@@ -10,9 +10,9 @@ import orjson
 from fastapi import APIRouter, Request, Response
 
 from gateway.dataplane import Resolved
-from gateway.rest.deps import Credential, Data, read_body
+from gateway.rest.deps import Credential, Data, Runtime, read_body
 from gateway.routing import DEPLOYMENT_HEADER
-from gateway.triton_http import HEADER_LENGTH
+from turnout.wire import HEADER_LENGTH
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol"])
 _PASSED_REQUEST = ("content-type", "content-encoding", HEADER_LENGTH.lower())
@@ -20,14 +20,14 @@ _PASSED_RESPONSE = ("content-type", "content-encoding", HEADER_LENGTH.lower())
 
 
 def _resolve(dataplane: Data, name: str, version: int | None, request: Request, credential: str | None) -> Resolved:
-    if name in dataplane.gateway.routes.endpoints:
+    if name in dataplane.routes.current.endpoints:
         return dataplane.resolve_endpoint(name, request.headers.get(DEPLOYMENT_HEADER), credential)
     return dataplane.resolve_model(name, version, credential, v2=True)
 
 
 async def _forward(dataplane: Data, name: str, version: int | None, request: Request, credential: str | None,
                    suffix: str) -> Response:
-    body = await read_body(request, dataplane.gateway.settings.max_body_bytes) if request.method == "POST" else b""
+    body = await read_body(request, dataplane.settings.max_body_bytes) if request.method == "POST" else b""
     resolved = _resolve(dataplane, name, version, request, credential)  # after the body: see rest/scoring.py
     headers = {k: v for k, v in request.headers.items() if k in _PASSED_REQUEST}
     status, upstream_headers, data = await dataplane.forward(resolved, request.method, suffix, body, headers)
@@ -52,9 +52,8 @@ async def live() -> dict[str, bool]:
 
 
 @router.get("/health/ready")
-async def ready(dataplane: Data) -> Response:
-    ok = dataplane.gateway.ready and any(n.healthy for n in dataplane.gateway.nodes.values())
-    return Response(status_code=200 if ok else 503)
+async def ready(services: Runtime) -> Response:
+    return Response(status_code=200 if services.ready else 503)
 
 
 @router.get("/models/{name}")

@@ -14,7 +14,7 @@ from tritonclient.grpc import InferInput
 
 from tests.conftest import Serving
 from turnout.errors import BadInput, UnsupportedMediaType
-from turnout.scoring.request import RequestMeta, ScoringResult
+from turnout.wire import RequestMeta, ScoringResult
 
 pytestmark = pytest.mark.integration
 
@@ -213,7 +213,7 @@ def test_predict_failure_fails_the_batch_but_not_the_entry(serving: Serving, mak
 def _post_batch(serving: Serving, entry: str, items: list[tuple[bytes, bytes]]) -> tuple[int, bytes, int | None]:
     import http.client
 
-    from gateway.triton_http import encode_batch
+    from turnout.wire import encode_batch
 
     payload, header_length = encode_batch(items)
     host, port = serving.triton.http_url.removeprefix("http://").split(":")
@@ -229,7 +229,7 @@ def _post_batch(serving: Serving, entry: str, items: list[tuple[bytes, bytes]]) 
 
 
 def test_coalesced_request_answers_each_element_on_its_own(serving: Serving, make_package) -> None:  # type: ignore[no-untyped-def]
-    from gateway.triton_http import decode_batch
+    from turnout.wire import decode_batch
 
     folder = make_package(
         """

@@ -11,9 +11,8 @@ import orjson
 import pytest
 
 from gateway.coalesce import Coalescer, Coalescing
-from gateway.triton_http import Answer, decode_batch, encode_batch
 from turnout.errors import BadInput, NodeUnreachable, TurnoutError
-from turnout.scoring.request import ScoringResult
+from turnout.wire import Answer, ScoringResult, decode_batch, encode_batch
 
 
 class FakeNode:

@@ -9,9 +9,9 @@ import orjson
 import pytest
 
 from gateway.rest.fastpath import ScoreTarget, match_score_path
-from gateway.triton_http import decode_batch, encode_request, only
 from gateway.upstream import UpstreamPool
 from turnout.errors import NodeUnreachable, ScoringTimeout
+from turnout.wire import decode_batch, encode_request, only
 
 
 def test_score_paths() -> None:

@@ -4,7 +4,7 @@ import pytest
 
 from packager.spec import kind_for_instance_type, load_azure_deployment, load_package_spec
 from turnout.errors import PackageError
-from turnout.triton.config import InstanceKind
+from turnout.manifest import InstanceKind
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:

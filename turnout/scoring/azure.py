@@ -22,7 +22,7 @@ from turnout.errors import BadInput, ScriptLoadError, UnsupportedMediaType
 from turnout.scoring import codec
 from turnout.scoring.base import Scorer
 from turnout.scoring.guard import call_user
-from turnout.scoring.request import ScoringRequest, ScoringResult
+from turnout.wire import ScoringRequest, ScoringResult
 
 log = logging.getLogger("turnout.scoring")
 

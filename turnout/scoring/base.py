@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 from types import ModuleType
 
 from turnout.errors import ScriptFailed, TurnoutError
-from turnout.scoring.request import ScoringRequest, ScoringResult
+from turnout.wire import ScoringRequest, ScoringResult
 
 log = logging.getLogger("turnout.scoring")
 

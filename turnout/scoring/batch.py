@@ -9,7 +9,7 @@ from turnout.errors import BadInput, ScriptFailed
 from turnout.scoring import codec
 from turnout.scoring.base import Scorer
 from turnout.scoring.guard import call_user
-from turnout.scoring.request import ScoringRequest, ScoringResult
+from turnout.wire import ScoringRequest, ScoringResult
 
 
 class BatchScorer(Scorer):

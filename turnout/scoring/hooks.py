@@ -19,7 +19,7 @@ from turnout.errors import BadInput, ScriptFailed, TurnoutError
 from turnout.scoring import codec
 from turnout.scoring.base import Scorer
 from turnout.scoring.guard import call_user
-from turnout.scoring.request import ScoringRequest, ScoringResult
+from turnout.wire import ScoringRequest, ScoringResult
 
 
 def _identity(value: Any) -> Any:

@@ -1,5 +1,5 @@
 """Load a scoring script by path and pick its mode, once. The backend's ``initialize()`` and
-``packager validate`` both come here, so "it validates" means "it will load".
+the packager's inspection (packager/inspection.py) both come here, so "it validates" means "it will load".
 
 Each script is imported under its own module name (two entries never collide). This runs in a process
 that serves this one script (Triton's stub, or the validator's subprocess), which is why the code folder
@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import cast
+from typing import Any, cast
 
 from turnout.errors import ScriptLoadError, TurnoutError
 from turnout.manifest import CODE_DIR, MODELS_DIR, Manifest, ScoringKind
@@ -78,14 +78,14 @@ def _limit_framework_threads(threads: int) -> None:
         _default_ort_threads(ort, threads)
 
 
-def _default_ort_threads(ort: ModuleType, threads: int) -> None:
+def _default_ort_threads(ort: Any, threads: int) -> None:
     """onnxruntime ignores OMP_NUM_THREADS; sessions created without options get ``threads``."""
     original = ort.InferenceSession
 
     class InferenceSession(original):  # type: ignore[misc, valid-type]
         _turnout_threads = threads
 
-        def __init__(self, path_or_bytes: object, sess_options: object = None, *args: object, **kwargs: object):
+        def __init__(self, path_or_bytes: object, sess_options: Any = None, *args: object, **kwargs: object):
             if sess_options is None:
                 sess_options = ort.SessionOptions()
                 sess_options.intra_op_num_threads = threads

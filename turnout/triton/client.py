@@ -11,8 +11,9 @@ from typing import Any
 
 import httpx
 
+from turnout import wire
 from turnout.errors import NodeUnreachable, NotFound, ScriptLoadError, TurnoutError, from_wire
-from turnout.scoring.request import RequestMeta, ScoringResult
+from turnout.wire import RequestMeta, ScoringResult
 
 
 class TritonClient:
@@ -64,25 +65,12 @@ class TritonClient:
     def score(self, entry: str, body: bytes, meta: RequestMeta | None = None) -> ScoringResult:
         """Send one request body to a python_scoring entry; a failed request raises its TurnoutError."""
         meta = meta or RequestMeta()
-        facts = {"method": meta.method, "path": meta.path, "query": meta.query, "headers": meta.headers}
-        payload = {
-            "inputs": [
-                {"name": "BODY", "datatype": "BYTES", "shape": [1, 1], "data": [body.decode("utf-8", "replace")]},
-                {"name": "META", "datatype": "BYTES", "shape": [1, 1], "data": [json.dumps(facts)]},
-            ]
-        }
-        response = self._request("POST", f"/v2/models/{entry}/infer", json=payload)
+        facts = wire.encode_request_meta(meta.method, meta.query, meta.headers, inline_errors=False, path=meta.path)
+        response = self._request("POST", f"/v2/models/{entry}/infer", json=wire.json_infer_request(body, facts))
         if response.status_code != 200:
             text = _error_text(response)
             raise from_wire(text) or TurnoutError(f"Triton answered {response.status_code}: {text}")
-        outputs = {o["name"]: o["data"][0] for o in response.json()["outputs"]}
-        info = json.loads(outputs["META"])
-        return ScoringResult(
-            body=str(outputs["BODY"]).encode(),
-            status=int(info["status"]),
-            content_type=str(info["content_type"]),
-            headers=dict(info["headers"]),
-        )
+        return wire.only(wire.decode_batch(response.content, None, 1))
 
 
 def _error_text(response: httpx.Response) -> str:

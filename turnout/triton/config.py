@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from turnout.manifest import InstanceKind, Manifest
 from turnout.triton.embedded import BACKEND_NAME
-
-
-class InstanceKind(StrEnum):
-    cpu = "cpu"
-    gpu = "gpu"
 
 
 @dataclass(frozen=True)
@@ -28,6 +23,19 @@ class EntryConfig:
     dynamic_batching: bool = True
     # 0: a lone request never waits; under load batches still form while an instance is busy.
     max_queue_delay_microseconds: int = 0
+
+    @classmethod
+    def from_manifest(cls, manifest: Manifest, name: str, *, instance_kind: InstanceKind | None = None,
+                      instance_count: int | None = None) -> EntryConfig:
+        """The entry's config from its manifest; a node may say its own instance kind and count."""
+        return cls(
+            name=name,
+            instance_kind=instance_kind or manifest.instance_kind,
+            instance_count=instance_count or manifest.instance_count,
+            max_batch_size=manifest.max_batch_size,
+            dynamic_batching=manifest.dynamic_batching,
+            max_queue_delay_microseconds=manifest.max_queue_delay_microseconds,
+        )
 
 
 def _bytes_tensor(cls: type, name: str, optional: bool = False) -> object:
@@ -49,8 +57,8 @@ def build_model_config(entry: EntryConfig) -> mc.ModelConfig:
 
 
 def read_config(path: Path) -> mc.ModelConfig:
-    return text_format.Parse(path.read_text(), mc.ModelConfig())
+    return text_format.Parse(path.read_text(encoding="utf-8"), mc.ModelConfig())
 
 
 def render(config: mc.ModelConfig) -> str:
-    return text_format.MessageToString(config)
+    return str(text_format.MessageToString(config))

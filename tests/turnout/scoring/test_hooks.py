@@ -8,7 +8,7 @@ import torch
 
 from turnout.errors import BadInput, ScriptFailed
 from turnout.scoring.hooks import HooksScorer
-from turnout.scoring.request import RequestMeta, ScoringRequest
+from turnout.wire import RequestMeta, ScoringRequest
 
 
 def scorer(**hooks) -> HooksScorer:  # type: ignore[no-untyped-def]

@@ -1,7 +1,8 @@
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from turnout.triton.config import EntryConfig, InstanceKind, build_model_config, render
+from turnout.manifest import InstanceKind
+from turnout.triton.config import EntryConfig, build_model_config, render
 
 
 def parse(text: str) -> mc.ModelConfig:

@@ -1,0 +1,200 @@
+"""Loaded entries: the one place that sees every load and unload.
+
+An :class:`Entry` is one Triton entry the gateway serves (a repository model version, a dropped package,
+a deployment generation) with its nodes, its lifecycle state and its crash history. :class:`Entries` loads,
+unloads, retires (stop routing, drain, unload), heals crashed stubs, counts requests in flight (leases),
+and tells its subscribers (the route table, metrics; later batch jobs and eviction) after every change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, TypeVar
+
+from gateway.coalesce import Coalescing
+from gateway.metrics import Metrics
+from gateway.nodes import TritonNode
+from turnout.errors import NotReady, TurnoutError
+
+log = logging.getLogger("turnout.gateway.entries")
+CRASH_WINDOW_SECONDS = 300.0
+MAX_BACKOFF_SECONDS = 60.0
+DRAIN_SECONDS = 30.0
+
+
+class EntryState(StrEnum):
+    loading = "loading"
+    ready = "ready"
+    restarting = "restarting"  # its process crashed; being loaded again
+    failed = "failed"
+    unloaded = "unloaded"  # replaced or no longer served; its URL says why
+    removed = "removed"  # its package left the repository
+
+
+GONE = frozenset({EntryState.unloaded, EntryState.removed})
+
+
+@dataclass(kw_only=True, eq=False)
+class Entry:
+    name: str
+    nodes: tuple[TritonNode, ...] = ()
+    state: EntryState = EntryState.loading
+    reason: str = ""
+    restarts: int = 0
+    last_crash: str = ""
+    crash_times: list[float] = field(default_factory=list)
+    configs: dict[str, dict[str, Any]] = field(default_factory=dict)  # load-time config per node name
+    coalescing: Coalescing = field(default_factory=Coalescing)
+
+    @property
+    def ready(self) -> bool:
+        return self.state is EntryState.ready
+
+    def health(self) -> dict[str, Any]:
+        return {"state": self.state.value, "reason": self.reason, "nodes": [n.name for n in self.nodes],
+                "restarts": self.restarts, "last_crash": self.last_crash}
+
+
+E = TypeVar("E", bound=Entry)
+Listener = Callable[[], None]
+
+
+class Entries:
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self._entries: dict[str, Entry] = {}
+        self._listeners: list[Listener] = []
+        self._healing: dict[str, asyncio.Task[None]] = {}
+        self.inflight: defaultdict[str, int] = defaultdict(int)  # requests in flight per entry (leases)
+
+    # --- the collection and its subscribers ---
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def changed(self) -> None:
+        for listener in self._listeners:
+            listener()
+
+    def get(self, name: str) -> Entry | None:
+        return self._entries.get(name)
+
+    def __iter__(self) -> Iterator[Entry]:
+        return iter(list(self._entries.values()))
+
+    def of_type(self, kind: type[E]) -> list[E]:
+        return [e for e in self._entries.values() if isinstance(e, kind)]
+
+    def put(self, entry: Entry) -> None:
+        self._entries[entry.name] = entry
+        self.changed()
+
+    def discard(self, name: str) -> None:
+        if self._entries.pop(name, None) is not None:
+            self.changed()
+
+    def set_state(self, entry: Entry, state: EntryState, reason: str = "") -> None:
+        entry.state, entry.reason = state, reason
+        self.changed()
+
+    def loaded_names(self) -> set[str]:
+        return {e.name for e in self._entries.values() if e.nodes}
+
+    # --- leases: an entry with requests in flight is drained before it is unloaded ---
+    def acquire(self, name: str) -> int:
+        self.inflight[name] += 1
+        return self.inflight[name]
+
+    def release(self, name: str) -> None:
+        self.inflight[name] -= 1
+
+    async def drain(self, name: str, timeout: float = DRAIN_SECONDS) -> None:
+        """Wait until an entry that takes no new requests has none in flight (bounded)."""
+        deadline = time.monotonic() + timeout
+        while self.inflight.get(name, 0) > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+
+    # --- loading and unloading ---
+    async def load(self, entry: Entry, nodes: Iterable[TritonNode]) -> Entry:
+        """Load ``entry`` on ``nodes`` (with its per-node configs); it ends ready, or failed with why."""
+        nodes = tuple(nodes)
+        try:
+            await asyncio.gather(*(node.load(entry.name, entry.configs.get(node.name)) for node in nodes))
+        except TurnoutError as exc:
+            self.set_state(entry, EntryState.failed, exc.message)
+            return entry
+        entry.nodes = nodes
+        self.set_state(entry, EntryState.ready)
+        return entry
+
+    async def unload(self, name: str, nodes: Iterable[TritonNode]) -> None:
+        await asyncio.gather(*(node.unload(name) for node in nodes), return_exceptions=True)
+
+    async def retire(self, entry: Entry, state: EntryState, reason: str, remove: Iterable[Path] = ()) -> None:
+        """Stop routing to an entry, let its requests finish, unload it, and remove its folders."""
+        self.set_state(entry, state, reason)
+        await self.drain(entry.name)
+        await self.unload(entry.name, entry.nodes)
+        entry.nodes = ()
+        for folder in remove:
+            await asyncio.to_thread(shutil.rmtree, folder, True)
+        self.changed()
+
+    # --- health: crashed stubs are never restarted by Triton, so we do it ---
+    async def probe(self) -> None:
+        for entry in self:
+            if not entry.ready or entry.name in self._healing:
+                continue
+            for node in entry.nodes:
+                if not node.healthy:
+                    continue
+                try:
+                    await node.probe(entry.name)
+                except NotReady as exc:
+                    if exc.details.get("crashed"):
+                        self.report_crash(entry.name, "found by the health probe")
+                except TurnoutError:
+                    pass
+
+    def report_crash(self, name: str, reason: str) -> None:
+        """Heal an entry whose stub process died (from a failed request or a probe); once at a time."""
+        entry = self._entries.get(name)
+        if entry is None or name in self._healing or entry.state not in (EntryState.ready, EntryState.restarting):
+            return
+        entry.restarts += 1
+        entry.last_crash = f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}: {reason}"
+        now = time.monotonic()
+        entry.crash_times = [t for t in entry.crash_times if now - t < CRASH_WINDOW_SECONDS] + [now]
+        self.metrics.restarts.labels(name).inc()
+        self.set_state(entry, EntryState.restarting, f"its process crashed ({reason}); restarting")
+        self._healing[name] = asyncio.create_task(self._heal(entry), name=f"turnout-heal-{name}")
+
+    async def _heal(self, entry: Entry) -> None:
+        # A model that crashes again and again waits longer each time instead of restarting in a loop.
+        recent = len(entry.crash_times)
+        delay = 0.0 if recent <= 1 else min(MAX_BACKOFF_SECONDS, 2.0 ** (recent - 2))
+        entry.reason += f" in {delay:g} s" if delay else ""
+        try:
+            await asyncio.sleep(delay)
+            await self.unload(entry.name, entry.nodes)
+            await asyncio.gather(*(node.load(entry.name, entry.configs.get(node.name)) for node in entry.nodes))
+            entry.state, entry.reason = EntryState.ready, ""
+            log.warning("%s restarted after a crash (%d restarts)", entry.name, entry.restarts)
+        except TurnoutError as exc:
+            entry.state, entry.reason = EntryState.failed, f"restart after a crash failed: {exc.message}"
+        finally:
+            self._healing.pop(entry.name, None)
+            self.changed()
+
+    async def stop(self) -> None:
+        tasks = list(self._healing.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

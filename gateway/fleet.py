@@ -1,0 +1,135 @@
+"""The node fleet: which Triton nodes there are, in which pools, whether they answer, and their logs.
+
+Where the nodes come from is a :class:`NodeProvider`, chosen by the composition root (gateway/app.py):
+an embedded Triton started on this machine, the nodes listed in a nodes file, or fakes in unit tests.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Protocol
+
+from gateway.metrics import Metrics
+from gateway.nodes import Node, NodeSpec, TritonNode, load_nodes_file
+from gateway.settings import GatewaySettings
+from turnout.errors import TurnoutError
+from turnout.triton.embedded import EmbeddedTriton
+
+log = logging.getLogger("turnout.gateway.fleet")
+
+
+class NodeProvider(Protocol):
+    def start(self) -> list[TritonNode]:
+        """Bring the nodes up (or find them); called once, on the event loop's thread."""
+        ...
+
+    def stop(self) -> None:
+        """Stop what :meth:`start` started (blocking; the nodes' connections are closed already)."""
+        ...
+
+
+def _node(spec: NodeSpec, settings: GatewaySettings, metrics: Metrics) -> Node:
+    return Node(spec, settings.upstream_timeout_seconds, settings.coalesce_depth, metrics)
+
+
+class NodesFileProvider:
+    """Triton nodes run elsewhere and are listed in a nodes file."""
+
+    def __init__(self, path: Path, settings: GatewaySettings, metrics: Metrics) -> None:
+        self.path, self.settings, self.metrics = path, settings, metrics
+
+    def start(self) -> list[TritonNode]:
+        return [_node(spec, self.settings, self.metrics) for spec in load_nodes_file(self.path)]
+
+    def stop(self) -> None:
+        pass
+
+
+class EmbeddedProvider:
+    """One Triton on this machine, from the nvidia-pytriton wheel, over the gateway's three repositories."""
+
+    def __init__(self, settings: GatewaySettings, metrics: Metrics) -> None:
+        self.settings, self.metrics = settings, metrics
+        self.triton: EmbeddedTriton | None = None
+
+    def start(self) -> list[TritonNode]:
+        # On the event loop's own thread, not a worker: the embedded Triton stops when its starter thread
+        # ends. Startup blocks the loop for well under a second, before anything is served.
+        settings = self.settings
+        settings.repository.mkdir(parents=True, exist_ok=True)
+        self.triton = EmbeddedTriton(
+            repository=settings.repository.resolve(),
+            extra_repositories=[settings.built_repository.resolve(), settings.deployments_repository.resolve()],
+            work_dir=settings.state_dir / "triton",
+        ).start()
+        log.info("embedded Triton serving on %s (log %s)", self.triton.http_url, self.triton.log_file)
+        spec = NodeSpec(name="embedded", url=self.triton.http_url, grpc_url=self.triton.grpc_url,
+                        pool=settings.default_pool, log_dir=self.triton.log_dir)
+        return [_node(spec, settings, self.metrics)]
+
+    def stop(self) -> None:
+        if self.triton is not None:
+            self.triton.stop()
+
+
+def provider_for(settings: GatewaySettings, metrics: Metrics) -> NodeProvider:
+    if settings.nodes_file is not None:
+        return NodesFileProvider(settings.nodes_file, settings, metrics)
+    return EmbeddedProvider(settings, metrics)
+
+
+class Fleet:
+    def __init__(self, provider: NodeProvider, metrics: Metrics) -> None:
+        self.provider = provider
+        self.metrics = metrics
+        self.nodes: dict[str, TritonNode] = {}
+
+    def start(self) -> None:
+        self.nodes = {node.name: node for node in self.provider.start()}
+        for node in self.nodes.values():
+            self.metrics.node_up.labels(node.name, node.spec.pool).set(1)
+
+    async def close(self) -> None:
+        """Close every node's connections (before the provider stops Triton: keep-alives block its exit)."""
+        for node in self.nodes.values():
+            await node.close()
+
+    def pool(self, name: str) -> list[TritonNode]:
+        return [n for n in self.nodes.values() if n.spec.pool == name]
+
+    def pools(self) -> list[str]:
+        return sorted({n.spec.pool for n in self.nodes.values()})
+
+    @property
+    def any_healthy(self) -> bool:
+        return any(n.healthy for n in self.nodes.values())
+
+    async def check_health(self) -> None:
+        for node in list(self.nodes.values()):
+            up = await node.check_health()
+            self.metrics.node_up.labels(node.name, node.spec.pool).set(1 if up else 0)
+
+    def node_log(self, entry: str, nodes: Iterable[TritonNode] = (), lines: int = 200) -> str:
+        """The entry's own log from each node (every node when ``nodes`` is empty)."""
+        parts = []
+        for node in tuple(nodes) or tuple(self.nodes.values()):
+            text = node.entry_log(entry, lines)
+            if text is None:
+                text = f"(node {node.name} keeps its logs to itself: set log_dir in the nodes file)"
+            if text:
+                parts.append(f"==> {node.name} <==\n{text}")
+        return "\n".join(parts)
+
+    async def unload_orphans(self, expected: set[str]) -> None:
+        """Unload what a node has loaded that nothing here expects (left over from a killed gateway)."""
+        for node in self.nodes.values():
+            try:
+                index = await node.index()
+            except TurnoutError:
+                continue
+            for item in index:
+                if item.get("state") == "READY" and item.get("name") not in expected:
+                    log.warning("unloading orphan %s from node %s", item["name"], node.name)
+                    await node.unload(str(item["name"]))

@@ -1,0 +1,166 @@
+"""Inspect a staged package: load its script with the backend's own loader, in one child process, and
+report how it loads (its scoring mode), hints, and the inference-schema of its ``run()`` if decorated.
+
+The child runs the same ``turnout.scoring.load_scorer`` as Triton's stub (import, mode detection,
+``init()``), in a fresh interpreter: a script that calls ``os._exit``, leaks threads or pollutes
+``sys.modules`` cannot harm the packager or the gateway, and a clean bill here means the entry will load.
+
+Before any of that, :func:`check_entry_points` reads the script without running it: a script that defines
+no entry point is refused at once, naming what is missing.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from packager.package import StagedPackage
+from turnout.errors import PackageError
+from turnout.manifest import CODE_DIR, Manifest, ScoringKind
+
+_RESULT_MARK = "@@turnout-inspect@@"
+_HOOKS = ("preprocess", "predict", "postprocess")
+
+
+@dataclass(frozen=True)
+class Inspection:
+    ok: bool
+    mode: str | None
+    message: str
+    log: str
+    advice: str | None = None
+    schemas: dict[str, Any] = field(default_factory=dict)  # {"input", "output"} from inference-schema
+
+
+# Libraries that score a batch of rows in about the time of one row: a run() script using one of them
+# leaves most of its throughput unused, because run() is called once per request.
+_BATCHING_LIBRARIES = {
+    "torch": "torch", "tensorflow": "TensorFlow", "keras": "Keras", "onnxruntime": "onnxruntime",
+    "sklearn": "scikit-learn", "xgboost": "XGBoost", "lightgbm": "LightGBM", "catboost": "CatBoost",
+}
+
+
+def batching_advice(mode: str, loaded_modules: set[str]) -> str | None:
+    """What a run() script would gain from hooks, when the libraries it loaded say it would."""
+    if mode != "azure-online":
+        return None
+    found = sorted({label for module, label in _BATCHING_LIBRARIES.items() if module in loaded_modules})
+    if not found:
+        return None
+    return (
+        f"run() is called once per request, so Triton cannot hand this script a batch, yet it uses "
+        f"{', '.join(found)}, which scores many rows at little more than the cost of one. For batched "
+        "throughput, split run() into preprocess() (per request), predict() (once per batch) and "
+        "postprocess() (per request): README, 'Scoring modes'. Until then, throughput grows only with "
+        "instances (instance_count in Azure's YAML, instance.count in model.yaml)."
+    )
+
+
+def _top_level_names(tree: ast.Module) -> set[str]:
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {t.id for target in targets for t in ast.walk(target) if isinstance(t, ast.Name)}
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(alias.asname or alias.name).split(".")[0] for alias in node.names}
+            if any(alias.name == "*" for alias in node.names):
+                names.add("*")
+        elif isinstance(node, (ast.If, ast.Try)):  # definitions under `if`/`try` at the top level count too
+            names |= _top_level_names(ast.Module(body=[*node.body, *getattr(node, "orelse", [])], type_ignores=[]))
+    return names
+
+
+def check_entry_points(package: StagedPackage) -> None:
+    """Refuse a script with no entry point (read, not run: a star import or a syntax error is left to
+    the loader, which names them)."""
+    script = package.root / CODE_DIR / package.spec.scoring_script
+    try:
+        tree = ast.parse(script.read_text(encoding="utf-8"), str(script))
+    except (OSError, SyntaxError, UnicodeDecodeError):
+        return
+    names = _top_level_names(tree)
+    if "*" in names or "run" in names:
+        return
+    if package.spec.kind is ScoringKind.batch:
+        raise PackageError(f"{package.spec.scoring_script}: a batch scoring script must define run(mini_batch) "
+                           "(and optionally init()); it defines none")
+    if not names & set(_HOOKS):
+        defined = sorted(n for n in names if not n.startswith("_"))[:8]
+        raise PackageError(
+            f"{package.spec.scoring_script} defines no entry point: define init() and run(raw_data) (Azure "
+            "style), or any of preprocess(payload), predict(batch), postprocess(output) (hooks)"
+            + (f"; it defines {', '.join(defined)}" if defined else "")
+        )
+
+
+def inspect_package(package: StagedPackage, version: int = 1) -> Inspection:
+    check_entry_points(package)
+    manifest = package.manifest(version)
+    with tempfile.TemporaryDirectory(prefix="turnout-inspect-") as tmp:
+        manifest_file = Path(tmp) / "manifest.json"
+        manifest_file.write_text(manifest.to_json(), encoding="utf-8")
+        try:
+            completed = subprocess.run(
+                [sys.executable, "-m", "packager.inspection", str(package.root.resolve()), str(manifest_file),
+                 package.name],
+                capture_output=True, text=True, encoding="utf-8", errors="replace",
+                timeout=manifest.init_timeout_seconds + 30, stdin=subprocess.DEVNULL,
+            )
+        except subprocess.TimeoutExpired as exc:
+            output = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+            return Inspection(False, None, "loading the script did not finish in time", output)
+    log = completed.stdout + completed.stderr
+    for line in completed.stdout.splitlines():
+        if line.startswith(_RESULT_MARK):
+            result = json.loads(line[len(_RESULT_MARK):])
+            log = "\n".join(line for line in log.splitlines() if not line.startswith(_RESULT_MARK))
+            return Inspection(result["ok"], result.get("mode"), result["message"], log, result.get("advice"),
+                              result.get("schemas") or {})
+    return Inspection(False, None, f"the script ended the inspecting process (exit code {completed.returncode})", log)
+
+
+def _schemas(module: Any) -> dict[str, Any]:
+    run = getattr(module, "run", None)
+    try:
+        from inference_schema.schema_util import get_input_schema, get_output_schema, is_schema_decorated
+    except ImportError:
+        return {}
+    if callable(run) and is_schema_decorated(run):
+        return {"input": get_input_schema(run), "output": get_output_schema(run)}
+    return {}
+
+
+def _child(package_root: Path, manifest_file: Path, entry: str) -> None:
+    import logging
+
+    from turnout.errors import TurnoutError
+    from turnout.scoring import load_scorer
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    manifest = Manifest.from_dict(json.loads(manifest_file.read_text(encoding="utf-8")), str(manifest_file))
+    result: dict[str, Any]
+    try:
+        scorer = load_scorer(manifest, package_root, entry)
+        advice = batching_advice(scorer.mode, {name.split(".")[0] for name in sys.modules})
+        result = {"ok": True, "mode": scorer.describe(), "message": f"loads as {scorer.describe()}", "advice": advice}
+        try:
+            result["schemas"] = _schemas(scorer.module)
+        except Exception as exc:  # a schema that cannot be read costs the OpenAPI types, never the load
+            logging.getLogger("turnout.inspect").warning("the inference-schema of run() cannot be read: %s", exc)
+    except TurnoutError as exc:
+        result = {"ok": False, "message": exc.message}
+    sys.stdout.flush()
+    print(_RESULT_MARK + json.dumps(result, default=str), flush=True)
+
+
+if __name__ == "__main__":
+    _child(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3])

@@ -1,0 +1,26 @@
+"""Every Triton entry name and registry name Turnout makes, in one place.
+
+Three namespaces share the nodes' repositories: models built by ``packager build`` (``<name>-v<version>``),
+packages dropped into the gateway's repository (``drop.<name>.v<version>``), and deployment generations
+(``<endpoint>.<deployment>.g<generation>``). Triton refuses a model found in two repositories, so the
+namespaces never overlap.
+"""
+
+from __future__ import annotations
+
+
+def model_entry(name: str, version: int) -> str:
+    return f"{name}-v{version}"
+
+
+def drop_entry(name: str, version: int) -> str:
+    return f"drop.{name}.v{version}"
+
+
+def deployment_entry(endpoint: str, deployment: str, generation: int) -> str:
+    return f"{endpoint}.{deployment}.g{generation}"
+
+
+def deployment_model(endpoint: str, deployment: str) -> str:
+    """The registry name a deployment's packages are registered under."""
+    return f"{endpoint}-{deployment}"
