@@ -90,3 +90,9 @@ def serving(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serving]:
         # Closed before Triton stops: an idle keep-alive connection would block its exit.
         with TritonClient(triton.http_url) as client:
             yield Serving(triton, client, repository)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """In-process async tests (``@pytest.mark.anyio``) run on asyncio, as the gateway does."""
+    return "asyncio"

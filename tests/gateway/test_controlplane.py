@@ -1,0 +1,131 @@
+"""The control plane in process (fake nodes, the real upload, pipeline and state): traffic validation,
+blue/green rollout, failed deployments, and deletion rules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.cli import _deployment_archive
+from tests.gateway.conftest import deployment_yaml
+from tests.gateway.fakes import FakeNode, InProcess, inprocess, settings_for
+from tests.gateway.test_inprocess import until
+
+pytestmark = pytest.mark.anyio
+
+
+async def deploy(gw: InProcess, tmp: Path, name: str, endpoint: str = "e", all_traffic: bool = False,
+                 **changes: Any) -> Any:
+    _, archive = _deployment_archive(deployment_yaml(tmp, name, endpoint=endpoint, **changes), None, None)
+    return await gw.http.put(f"/admin/endpoints/{endpoint}/deployments/{name}", content=archive, headers={
+        **gw.admin, "Content-Type": "application/gzip"}, params={"all_traffic": str(all_traffic).lower()})
+
+
+async def endpoint(gw: InProcess, name: str = "e") -> None:
+    created = await gw.http.post("/admin/endpoints", json={"name": name, "auth_mode": "key"}, headers=gw.admin)
+    assert created.status_code == 201, created.text
+
+
+async def traffic(gw: InProcess, **body: Any) -> Any:
+    return await gw.http.patch("/admin/endpoints/e", json=body, headers=gw.admin)
+
+
+async def test_traffic_is_validated_before_anything_changes(tmp_path: Path) -> None:
+    async with inprocess(settings_for(tmp_path)) as gw:
+        await until(lambda: gw.services.loaded)
+        await endpoint(gw)
+        assert (await deploy(gw, tmp_path, "blue", all_traffic=True)).status_code == 200
+        assert (await deploy(gw, tmp_path, "green")).status_code == 200
+        cases = [
+            ({"traffic": {"blue": 60, "green": 30}}, 400, "must sum to 100"),
+            ({"traffic": {"blue": 100, "red": 0}}, 400, "unknown deployment 'red'"),
+            ({"traffic": {"blue": 110, "green": -10}}, 400, "between 0 and 100"),
+            ({"mirror_traffic": {"green": 60}}, 400, "at most 50%"),
+            ({"mirror_traffic": {"blue": 10}}, 400, "a mirror target must take none"),
+        ]
+        for body, status, message in cases:
+            answer = await traffic(gw, **body)
+            assert (answer.status_code, message in answer.json()["error"]["message"]) == (status, True), body
+        assert (await gw.http.get("/admin/endpoints/e", headers=gw.admin)).json()["traffic"] == {"blue": 100}
+        assert (await traffic(gw, traffic={"blue": 90, "green": 10}, mirror_traffic={})).status_code == 200
+        assert (await gw.http.get("/admin/endpoints/e", headers=gw.admin)).json()["traffic"] == {"blue": 90, "green": 10}
+
+
+async def test_weights_split_requests_and_the_header_pins(tmp_path: Path) -> None:
+    async with inprocess(settings_for(tmp_path)) as gw:
+        await until(lambda: gw.services.loaded)
+        await endpoint(gw)
+        await deploy(gw, tmp_path, "blue", all_traffic=True)
+        await deploy(gw, tmp_path, "green")
+        assert (await traffic(gw, traffic={"blue": 70, "green": 30})).status_code == 200
+        served = [(await gw.http.post("/endpoints/e/score", content=b"{}", headers=gw.admin)).headers[
+            "azureml-model-deployment"] for _ in range(400)]
+        assert 0.6 < served.count("blue") / 400 < 0.8
+        pinned = await gw.http.post("/endpoints/e/score", content=b"{}",
+                                    headers={**gw.admin, "azureml-model-deployment": "green"})
+        assert pinned.headers["azureml-model-deployment"] == "green" and pinned.json()["entry"] == "e.green.g1"
+        unknown = await gw.http.post("/endpoints/e/score", content=b"{}",
+                                     headers={**gw.admin, "azureml-model-deployment": "red"})
+        assert unknown.status_code == 404 and "deployments: blue, green" in unknown.json()["error"]["message"]
+
+
+async def test_an_update_rolls_a_new_generation_and_retires_the_old(tmp_path: Path) -> None:
+    node = FakeNode()
+    async with inprocess(settings_for(tmp_path), node) as gw:
+        await until(lambda: gw.services.loaded)
+        await endpoint(gw)
+        await deploy(gw, tmp_path, "blue", all_traffic=True)
+        updated = await deploy(gw, tmp_path, "blue", instance_count=2)
+        assert updated.status_code == 200 and updated.json()["generation"] == 2
+        assert set(node.loaded) == {"e.blue.g2"}  # g1 drained and unloaded
+        assert node.loaded["e.blue.g2"]["instance_group"][0]["count"] == 2  # type: ignore[index]
+        answer = await gw.http.post("/endpoints/e/score", content=b"{}", headers=gw.admin)
+        assert answer.json()["entry"] == "e.blue.g2"
+        assert not (tmp_path / "state" / "deployments" / "e.blue.g1").exists()
+
+
+async def test_a_failed_update_keeps_the_previous_generation_serving(tmp_path: Path) -> None:
+    node = FakeNode()
+    node.fail_load["e.blue.g2"] = "e.blue.g2: init() failed"
+    async with inprocess(settings_for(tmp_path), node) as gw:
+        await until(lambda: gw.services.loaded)
+        await endpoint(gw)
+        await deploy(gw, tmp_path, "blue", all_traffic=True)
+        failed = await deploy(gw, tmp_path, "blue", instance_count=2)
+        assert failed.status_code == 424
+        assert "generation 1 keeps serving" in failed.json()["error"]["message"]
+        assert failed.json()["error"]["details"]["log_tail"].startswith("==> fake-0 <==")
+        answer = await gw.http.post("/endpoints/e/score", content=b"{}", headers=gw.admin)
+        assert (answer.status_code, answer.json()["entry"]) == (200, "e.blue.g1")
+        assert gw.services.entries.get("e.blue.g2") is None
+
+
+async def test_a_script_that_cannot_load_is_caught_before_any_node(tmp_path: Path) -> None:
+    node = FakeNode()
+    async with inprocess(settings_for(tmp_path), node) as gw:
+        await until(lambda: gw.services.loaded)
+        await endpoint(gw)
+        failed = await deploy(gw, tmp_path, "bad", environment_variables={"FAIL_INIT": "1"})
+        assert failed.status_code == 424 and "init refused: FAIL_INIT is set" in failed.json()["error"]["message"]
+        assert node.loads == []  # the inspection refused it; no node was asked
+        shown = (await gw.http.get("/admin/endpoints/e/deployments/bad", headers=gw.admin)).json()
+        assert (shown["state"], shown["provisioning_state"]) == ("failed", "Failed")
+        logs = (await gw.http.get("/admin/endpoints/e/deployments/bad/logs", headers=gw.admin)).text
+        assert "Traceback" in logs and "FAIL_INIT" in logs
+        refused = await traffic(gw, traffic={"bad": 100})
+        assert refused.status_code == 409 and "'bad' is failed" in refused.json()["error"]["message"]
+
+
+async def test_a_deployment_with_traffic_cannot_be_deleted(tmp_path: Path) -> None:
+    async with inprocess(settings_for(tmp_path)) as gw:
+        await until(lambda: gw.services.loaded)
+        await endpoint(gw)
+        await deploy(gw, tmp_path, "blue", all_traffic=True)
+        refused = await gw.http.delete("/admin/endpoints/e/deployments/blue", headers=gw.admin)
+        assert refused.status_code == 409 and "shift its traffic to 0" in refused.json()["error"]["message"]
+        await traffic(gw, traffic={"blue": 0})
+        assert (await gw.http.delete("/admin/endpoints/e/deployments/blue", headers=gw.admin)).status_code == 204
+        gone = await gw.http.post("/endpoints/e/score", content=b"{}", headers=gw.admin)
+        assert gone.status_code == 503 and "no deployment taking traffic" in gone.json()["error"]["message"]

@@ -1,0 +1,78 @@
+"""What the drop zone decides, in process (fake nodes; the real zone, pipeline and registry)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from gateway.dropzone import PENDING_MARKER, is_candidate
+from tests.conftest import PackageFactory
+from tests.gateway.fakes import FakeNode, inprocess, settings_for
+from tests.gateway.test_inprocess import until
+
+pytestmark = pytest.mark.anyio
+HOOKS = "def predict(batch):\n    return batch\n"
+
+
+def test_partial_and_hidden_names_are_never_acted_on(tmp_path: Path) -> None:
+    for name in ("pkg.part", "pkg.tmp", ".hidden", "pkg.zip.crdownload"):
+        (tmp_path / name).mkdir()
+        assert not is_candidate(tmp_path / name), name
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "notes.txt").write_text("hi")
+    (tmp_path / "model.tar.gz").write_bytes(b"")
+    assert is_candidate(tmp_path / "pkg") and is_candidate(tmp_path / "model.tar.gz")
+    assert not is_candidate(tmp_path / "notes.txt")
+
+
+async def test_a_drop_goes_live_changes_make_a_version_and_deleting_it_unloads(
+        tmp_path: Path, make_package: PackageFactory) -> None:
+    node = FakeNode()
+    settings = settings_for(tmp_path)
+    settings.repository.mkdir(parents=True)
+    async with inprocess(settings, node) as gw:
+        await until(lambda: gw.services.loaded)
+        zone = gw.services.dropzone
+        drop = settings.repository / "fraud"
+        shutil.copytree(make_package(HOOKS), drop)
+        (drop / PENDING_MARKER).touch()
+        await zone.process("fraud")
+        assert node.loads == []  # still being written
+        (drop / PENDING_MARKER).unlink()
+        await zone.process("fraud")
+        await zone.process("fraud")  # unchanged: nothing to do
+        assert node.loads == ["drop.fraud.v1"]
+        assert (await gw.http.post("/models/fraud/score", content=b"[1]", headers=gw.admin)).json()["entry"] == "drop.fraud.v1"
+
+        (drop / "score.py").write_text(HOOKS + "# v2\n")
+        await zone.process("fraud")
+        assert set(node.loaded) == {"drop.fraud.v2"}  # v1 drained and unloaded once v2 was ready
+        listed = {m["version"]: m["state"] for m in (await gw.http.get("/models/fraud", headers=gw.admin)).json()["versions"]}
+        assert listed == {1: "unloaded", 2: "ready"}
+
+        shutil.rmtree(drop)
+        await zone.process("fraud")
+        gone = await gw.http.post("/models/fraud/score", content=b"[1]", headers=gw.admin)
+        assert gone.status_code == 404 and "was deleted from the repository" in gone.json()["error"]["message"]
+        assert node.loaded == {}
+
+
+async def test_a_bad_drop_is_reported_and_the_previous_version_keeps_serving(
+        tmp_path: Path, make_package: PackageFactory) -> None:
+    settings = settings_for(tmp_path)
+    settings.repository.mkdir(parents=True)
+    async with inprocess(settings) as gw:
+        await until(lambda: gw.services.loaded)
+        drop = settings.repository / "risk"
+        shutil.copytree(make_package(HOOKS), drop)
+        await gw.services.dropzone.process("risk")
+        (drop / "score.py").write_text("def initialize():\n    pass\n\ndef score(data):\n    return data\n")
+        await gw.services.dropzone.process("risk")
+        models = {(m["name"], m["version"]): m for m in (await gw.http.get("/models", headers=gw.admin)).json()}
+        failed = models[("risk", 0)]
+        assert failed["state"] == "failed" and "defines no entry point" in failed["reason"]
+        assert "it defines initialize, score" in failed["reason"]
+        assert models[("risk", 1)]["state"] == "ready"
+        assert (await gw.http.post("/models/risk/score", content=b"[1]", headers=gw.admin)).status_code == 200
