@@ -15,6 +15,7 @@ from typing import Any
 
 from gateway.auth import AUTH_MODES, Credentials, hash_key, new_key
 from gateway.deployments import Deployments
+from gateway.entries import EntryState
 from gateway.fleet import Fleet
 from gateway.schemas import DeploymentSpec, EndpointSpec, EndpointUpdate, PackageHeader
 from gateway.settings import GatewaySettings
@@ -31,6 +32,8 @@ from turnout.errors import BadInput, Conflict, DeploymentFailed, NotFound
 
 log = logging.getLogger("turnout.gateway.control")
 MAX_MIRROR_PERCENT = 50
+# Azure's provisioning states for a deployment, from its entry's state.
+_PROVISIONING = {EntryState.ready.value: "Succeeded", EntryState.failed.value: "Failed"}
 
 
 class ControlPlane:
@@ -87,7 +90,7 @@ class ControlPlane:
             "pool": record.pool,
             "nodes": [n.name for n in placement.nodes] if placement else record.nodes,
             "state": state,
-            "provisioning_state": {"ready": "Succeeded", "failed": "Failed"}.get(state, "Updating"),
+            "provisioning_state": _PROVISIONING.get(state, "Updating"),
             "reason": placement.reason if placement else record.reason,
             "description": record.description,
             "tags": record.tags,
@@ -266,7 +269,8 @@ class ControlPlane:
         except pipeline.InspectionFailed as exc:
             log_tail = str(exc.details.get("log_tail", ""))
             failed = self._record(spec, previous, generation, entry, package.name, 0, package.content_hash(), {})
-            failed.state, failed.reason, failed.load_log = "failed", f"the script did not load: {exc.message}", log_tail
+            failed.state, failed.reason = EntryState.failed.value, f"the script did not load: {exc.message}"
+            failed.load_log = log_tail
             if previous is None:
                 self.deployments.mark_failed(failed)
             self._failed(failed, previous)
