@@ -2,9 +2,11 @@
 ``postprocess(output)`` per request. A missing hook is the identity.
 
 How ``predict`` sees a batch (decided per batch from what ``preprocess`` returned):
-  * every input is a numpy array (or every one a torch tensor) with the same dtype and the same shape
-    after the first axis: they are concatenated along axis 0 and ``predict`` gets one array/tensor; its
-    output (an array, tensor, list, or a dict of those) is split back by each request's row count;
+  * every input is a numpy array (or every one a torch tensor) of one dtype, and their rows have one
+    shape: ``predict`` gets them as one array/tensor, concatenated along axis 0. A 1-D input is one row
+    (a request's feature vector: shape ``(8,)`` adds one row of 8); an input of two or more dimensions is
+    that many rows. The output (an array, tensor, list, or a dict of those) is split back: a 1-D input's
+    request gets its row's output, a batch input's request the slice of its rows;
   * otherwise ``predict`` gets a list with one input per request and must return a list of equal length.
 """
 
@@ -47,30 +49,39 @@ def _is_torch(value: Any) -> bool:
     return type(value).__module__.startswith("torch") and hasattr(value, "shape")
 
 
-def _stack_plan(inputs: list[Any]) -> tuple[Any, list[int]] | None:
-    """Concatenate stackable inputs; return the stacked value and each request's row count."""
+def _rows(x: Any) -> Any:
+    """A 1-D input as one row; anything with two or more dimensions is already rows."""
+    return x[None] if x.ndim == 1 else x
+
+
+def _stack_plan(inputs: list[Any]) -> tuple[Any, list[int | None]] | None:
+    """Concatenate stackable inputs; return the batch and each request's row count (None: one row,
+    from a 1-D input, whose request gets that row's output itself)."""
     first = inputs[0]
     if isinstance(first, np.ndarray):
-        if not all(
-            isinstance(x, np.ndarray) and x.ndim >= 1 and x.dtype == first.dtype and x.shape[1:] == first.shape[1:]
-            for x in inputs
-        ) or first.ndim == 0:
+        if first.ndim == 0 or not all(isinstance(x, np.ndarray) and x.ndim >= 1 and x.dtype == first.dtype
+                                      for x in inputs):
             return None
-        return (first if len(inputs) == 1 else np.concatenate(inputs, axis=0)), [len(x) for x in inputs]
+        rows = [_rows(x) for x in inputs]
+        if any(r.shape[1:] != rows[0].shape[1:] for r in rows):
+            return None
+        return (rows[0] if len(rows) == 1 else np.concatenate(rows, axis=0)), [
+            None if x.ndim == 1 else len(x) for x in inputs]
     if _is_torch(first):
-        if first.dim() == 0 or not all(
-            _is_torch(x) and x.dim() >= 1 and x.dtype == first.dtype and x.shape[1:] == first.shape[1:]
-            for x in inputs
-        ):
+        if first.dim() == 0 or not all(_is_torch(x) and x.dim() >= 1 and x.dtype == first.dtype for x in inputs):
+            return None
+        rows = [_rows(x) for x in inputs]
+        if any(r.shape[1:] != rows[0].shape[1:] for r in rows):
             return None
         import torch
 
-        return (first if len(inputs) == 1 else torch.cat(inputs, dim=0)), [int(x.shape[0]) for x in inputs]
+        return (rows[0] if len(rows) == 1 else torch.cat(rows, dim=0)), [
+            None if x.dim() == 1 else int(x.shape[0]) for x in inputs]
     return None
 
 
-def _split(output: Any, counts: list[int], what: str) -> list[Any]:
-    total = sum(counts)
+def _split(output: Any, counts: list[int | None], what: str) -> list[Any]:
+    total = sum(1 if c is None else c for c in counts)
     if isinstance(output, dict):
         columns = {key: _split(value, counts, what) for key, value in output.items()}
         return [{key: parts[i] for key, parts in columns.items()} for i in range(len(counts))]
@@ -79,8 +90,8 @@ def _split(output: Any, counts: list[int], what: str) -> list[Any]:
         raise ScriptFailed(f"{what} returned {type(output).__name__} ({length}); expected {total} rows, one per input row")
     parts, start = [], 0
     for count in counts:
-        parts.append(output[start:start + count])
-        start += count
+        parts.append(output[start] if count is None else output[start:start + count])
+        start += 1 if count is None else count
     return parts
 
 

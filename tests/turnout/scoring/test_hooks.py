@@ -91,3 +91,42 @@ def test_hooks_postprocess_failure_is_a_script_failure() -> None:
     assert isinstance(results[0], ScriptFailed) and "ZeroDivisionError" in results[0].message
     with pytest.raises(ScriptFailed):
         scorer(postprocess=lambda o: {1, 2})._score_one(req(b"1"))
+
+
+# Written the way a TorchServe or KServe user writes a handler: preprocess turns one request into its
+# feature vector, predict stacks the batch itself and scores it, postprocess shapes one answer.
+TORCHSERVE_STYLE = '''
+import numpy as np
+
+WEIGHTS = np.arange(1, 9, dtype=np.float32)
+
+def preprocess(payload):
+    return np.asarray(payload["features"], dtype=np.float32)   # shape (8,)
+
+def predict(inputs):
+    batch = np.stack(inputs)                                   # (n, 8)
+    return batch @ WEIGHTS                                     # (n,)
+
+def postprocess(score):
+    return {"score": float(score)}
+'''
+
+
+def test_a_one_dimensional_feature_vector_is_one_row() -> None:
+    module = SimpleNamespace()
+    exec(TORCHSERVE_STYLE, module.__dict__)  # noqa: S102 (a scoring script, as the loader would run it)
+    seen = []
+    predict = module.predict
+    module.predict = lambda inputs: seen.append(np.shape(inputs)) or predict(inputs)
+    s = HooksScorer(module, "score.py", timeout=5)
+    bodies = [b'{"features": [1, 0, 0, 0, 0, 0, 0, 0]}', b'{"features": [0, 1, 0, 0, 0, 0, 0, 0]}',
+              b'{"features": [1, 1, 1, 1, 1, 1, 1, 1]}']
+    results = s.score([req(b) for b in bodies])
+    assert seen == [(3, 8)]  # one predict, one row per request
+    assert [r.body for r in results] == [b'{"score":1.0}', b'{"score":2.0}', b'{"score":36.0}']
+
+
+def test_one_dimensional_rows_and_two_dimensional_batches_mix() -> None:
+    s = scorer(preprocess=lambda p: np.asarray(p, dtype=np.float32), predict=lambda b: b.sum(axis=1))
+    results = s.score([req(b"[1, 2]"), req(b"[[3, 4], [5, 6]]")])
+    assert [r.body for r in results] == [b"3.0", b"[7.0,11.0]"]  # a row's own output; a batch's rows
