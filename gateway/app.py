@@ -63,8 +63,9 @@ def build_services(settings: GatewaySettings, provider: NodeProvider | None = No
         settings=settings, metrics=metrics, state=state, credentials=credentials, registry=registry,
         fleet=fleet, entries=entries, models=models, deployments=deployments, routes=routes,
         dataplane=DataPlane(routes, entries, credentials, settings, metrics),
-        controlplane=ControlPlane(state, credentials, registry, deployments, fleet, settings,
-                                  base_url=f"http://{settings.host}:{settings.port}"),
+        # Deployments register in a registry of their own: no dropped package's name can meet theirs.
+        controlplane=ControlPlane(state, credentials, Registry(settings.state_dir / "deployment-registry"),
+                                  deployments, fleet, settings, base_url=f"http://{settings.host}:{settings.port}"),
         dropzone=DropZone(models, registry, settings),
     )
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from packager.spec import check_name
+from packager.spec import check_azure_name
 
 # Keys of Azure's endpoint YAML that Turnout accepts but does not act on.
 AZURE_ENDPOINT_IGNORED = frozenset({
@@ -29,7 +29,7 @@ class EndpointSpec(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        return check_name(value, "endpoint name")
+        return check_azure_name(value, "endpoint name")
 
 
 class EndpointUpdate(BaseModel):
@@ -63,10 +63,15 @@ class DeploymentSpec(BaseModel):
     request_settings: RequestSettings | None = None
     ignored_keys: list[str] = Field(default_factory=list)
 
-    @field_validator("name", "endpoint_name")
+    @field_validator("name")
     @classmethod
-    def _names(cls, value: str) -> str:
-        return check_name(value, "deployment or endpoint name")
+    def _name(cls, value: str) -> str:
+        return check_azure_name(value, "deployment name")
+
+    @field_validator("endpoint_name")
+    @classmethod
+    def _endpoint_name(cls, value: str) -> str:
+        return check_azure_name(value, "endpoint name")
 
 
 class PackageHeader(BaseModel):

@@ -3,7 +3,8 @@
 Three namespaces share the nodes' repositories: models built by ``packager build`` (``<name>-v<version>``),
 packages dropped into the gateway's repository (``drop.<name>.v<version>``), and deployment generations
 (``<endpoint>.<deployment>.g<generation>``). Triton refuses a model found in two repositories, so the
-namespaces never overlap.
+namespaces never overlap, and each name is made injective: endpoint and deployment names follow Azure's
+rule (no dots, packager/spec.py), so ``<endpoint>.<deployment>`` can be read back one way only.
 """
 
 from __future__ import annotations
@@ -22,5 +23,6 @@ def deployment_entry(endpoint: str, deployment: str, generation: int) -> str:
 
 
 def deployment_model(endpoint: str, deployment: str) -> str:
-    """The registry name a deployment's packages are registered under."""
-    return f"{endpoint}-{deployment}"
+    """The name a deployment's packages are registered under, in the gateway's deployment registry (its
+    own, so no dropped package's name can meet it). Endpoint and deployment names never hold a dot."""
+    return f"{endpoint}.{deployment}"

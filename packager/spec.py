@@ -24,6 +24,21 @@ def check_name(name: str, what: str = "name") -> str:
     return name
 
 
+# Azure ML's rule for online/batch endpoint and deployment names (azure-ai-ml's
+# validate_endpoint_or_deployment_name): 3-32 characters, a letter first, letters, digits and hyphens,
+# no hyphen last. No dots: that is what keeps every entry and registry name made from them unique.
+AZURE_NAME_PATTERN = re.compile(r"^[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?$")
+
+
+def check_azure_name(name: str, what: str) -> str:
+    if not 3 <= len(name) <= 32 or not AZURE_NAME_PATTERN.match(name):
+        raise PackageError(
+            f"invalid {what} {name!r}: Azure's rule is 3-32 characters, starting with a letter, then letters, "
+            "digits or hyphens, not ending with a hyphen (no dots or underscores)"
+        )
+    return name
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -12,24 +12,25 @@ from gateway.cli import _deployment_archive
 from tests.gateway.conftest import deployment_yaml
 from tests.gateway.fakes import FakeNode, InProcess, inprocess, settings_for
 from tests.gateway.test_inprocess import until
+from turnout.errors import PackageError
 
 pytestmark = pytest.mark.anyio
 
 
-async def deploy(gw: InProcess, tmp: Path, name: str, endpoint: str = "e", all_traffic: bool = False,
+async def deploy(gw: InProcess, tmp: Path, name: str, endpoint: str = "shop", all_traffic: bool = False,
                  **changes: Any) -> Any:
     _, archive = _deployment_archive(deployment_yaml(tmp, name, endpoint=endpoint, **changes), None, None)
     return await gw.http.put(f"/admin/endpoints/{endpoint}/deployments/{name}", content=archive, headers={
         **gw.admin, "Content-Type": "application/gzip"}, params={"all_traffic": str(all_traffic).lower()})
 
 
-async def endpoint(gw: InProcess, name: str = "e") -> None:
+async def endpoint(gw: InProcess, name: str = "shop") -> None:
     created = await gw.http.post("/admin/endpoints", json={"name": name, "auth_mode": "key"}, headers=gw.admin)
     assert created.status_code == 201, created.text
 
 
 async def traffic(gw: InProcess, **body: Any) -> Any:
-    return await gw.http.patch("/admin/endpoints/e", json=body, headers=gw.admin)
+    return await gw.http.patch("/admin/endpoints/shop", json=body, headers=gw.admin)
 
 
 async def test_traffic_is_validated_before_anything_changes(tmp_path: Path) -> None:
@@ -48,9 +49,9 @@ async def test_traffic_is_validated_before_anything_changes(tmp_path: Path) -> N
         for body, status, message in cases:
             answer = await traffic(gw, **body)
             assert (answer.status_code, message in answer.json()["error"]["message"]) == (status, True), body
-        assert (await gw.http.get("/admin/endpoints/e", headers=gw.admin)).json()["traffic"] == {"blue": 100}
+        assert (await gw.http.get("/admin/endpoints/shop", headers=gw.admin)).json()["traffic"] == {"blue": 100}
         assert (await traffic(gw, traffic={"blue": 90, "green": 10}, mirror_traffic={})).status_code == 200
-        assert (await gw.http.get("/admin/endpoints/e", headers=gw.admin)).json()["traffic"] == {"blue": 90, "green": 10}
+        assert (await gw.http.get("/admin/endpoints/shop", headers=gw.admin)).json()["traffic"] == {"blue": 90, "green": 10}
 
 
 async def test_weights_split_requests_and_the_header_pins(tmp_path: Path) -> None:
@@ -60,13 +61,13 @@ async def test_weights_split_requests_and_the_header_pins(tmp_path: Path) -> Non
         await deploy(gw, tmp_path, "blue", all_traffic=True)
         await deploy(gw, tmp_path, "green")
         assert (await traffic(gw, traffic={"blue": 70, "green": 30})).status_code == 200
-        served = [(await gw.http.post("/endpoints/e/score", content=b"{}", headers=gw.admin)).headers[
+        served = [(await gw.http.post("/endpoints/shop/score", content=b"{}", headers=gw.admin)).headers[
             "azureml-model-deployment"] for _ in range(400)]
         assert 0.6 < served.count("blue") / 400 < 0.8
-        pinned = await gw.http.post("/endpoints/e/score", content=b"{}",
+        pinned = await gw.http.post("/endpoints/shop/score", content=b"{}",
                                     headers={**gw.admin, "azureml-model-deployment": "green"})
-        assert pinned.headers["azureml-model-deployment"] == "green" and pinned.json()["entry"] == "e.green.g1"
-        unknown = await gw.http.post("/endpoints/e/score", content=b"{}",
+        assert pinned.headers["azureml-model-deployment"] == "green" and pinned.json()["entry"] == "shop.green.g1"
+        unknown = await gw.http.post("/endpoints/shop/score", content=b"{}",
                                      headers={**gw.admin, "azureml-model-deployment": "red"})
         assert unknown.status_code == 404 and "deployments: blue, green" in unknown.json()["error"]["message"]
 
@@ -79,16 +80,16 @@ async def test_an_update_rolls_a_new_generation_and_retires_the_old(tmp_path: Pa
         await deploy(gw, tmp_path, "blue", all_traffic=True)
         updated = await deploy(gw, tmp_path, "blue", instance_count=2)
         assert updated.status_code == 200 and updated.json()["generation"] == 2
-        assert set(node.loaded) == {"e.blue.g2"}  # g1 drained and unloaded
-        assert node.loaded["e.blue.g2"]["instance_group"][0]["count"] == 2  # type: ignore[index]
-        answer = await gw.http.post("/endpoints/e/score", content=b"{}", headers=gw.admin)
-        assert answer.json()["entry"] == "e.blue.g2"
-        assert not (tmp_path / "state" / "deployments" / "e.blue.g1").exists()
+        assert set(node.loaded) == {"shop.blue.g2"}  # g1 drained and unloaded
+        assert node.loaded["shop.blue.g2"]["instance_group"][0]["count"] == 2  # type: ignore[index]
+        answer = await gw.http.post("/endpoints/shop/score", content=b"{}", headers=gw.admin)
+        assert answer.json()["entry"] == "shop.blue.g2"
+        assert not (tmp_path / "state" / "deployments" / "shop.blue.g1").exists()
 
 
 async def test_a_failed_update_keeps_the_previous_generation_serving(tmp_path: Path) -> None:
     node = FakeNode()
-    node.fail_load["e.blue.g2"] = "e.blue.g2: init() failed"
+    node.fail_load["shop.blue.g2"] = "shop.blue.g2: init() failed"
     async with inprocess(settings_for(tmp_path), node) as gw:
         await until(lambda: gw.services.loaded)
         await endpoint(gw)
@@ -97,9 +98,9 @@ async def test_a_failed_update_keeps_the_previous_generation_serving(tmp_path: P
         assert failed.status_code == 424
         assert "generation 1 keeps serving" in failed.json()["error"]["message"]
         assert failed.json()["error"]["details"]["log_tail"].startswith("==> fake-0 <==")
-        answer = await gw.http.post("/endpoints/e/score", content=b"{}", headers=gw.admin)
-        assert (answer.status_code, answer.json()["entry"]) == (200, "e.blue.g1")
-        assert gw.services.entries.get("e.blue.g2") is None
+        answer = await gw.http.post("/endpoints/shop/score", content=b"{}", headers=gw.admin)
+        assert (answer.status_code, answer.json()["entry"]) == (200, "shop.blue.g1")
+        assert gw.services.entries.get("shop.blue.g2") is None
 
 
 async def test_a_script_that_cannot_load_is_caught_before_any_node(tmp_path: Path) -> None:
@@ -110,9 +111,9 @@ async def test_a_script_that_cannot_load_is_caught_before_any_node(tmp_path: Pat
         failed = await deploy(gw, tmp_path, "bad", environment_variables={"FAIL_INIT": "1"})
         assert failed.status_code == 424 and "init refused: FAIL_INIT is set" in failed.json()["error"]["message"]
         assert node.loads == []  # the inspection refused it; no node was asked
-        shown = (await gw.http.get("/admin/endpoints/e/deployments/bad", headers=gw.admin)).json()
+        shown = (await gw.http.get("/admin/endpoints/shop/deployments/bad", headers=gw.admin)).json()
         assert (shown["state"], shown["provisioning_state"]) == ("failed", "Failed")
-        logs = (await gw.http.get("/admin/endpoints/e/deployments/bad/logs", headers=gw.admin)).text
+        logs = (await gw.http.get("/admin/endpoints/shop/deployments/bad/logs", headers=gw.admin)).text
         assert "Traceback" in logs and "FAIL_INIT" in logs
         refused = await traffic(gw, traffic={"bad": 100})
         assert refused.status_code == 409 and "'bad' is failed" in refused.json()["error"]["message"]
@@ -123,9 +124,19 @@ async def test_a_deployment_with_traffic_cannot_be_deleted(tmp_path: Path) -> No
         await until(lambda: gw.services.loaded)
         await endpoint(gw)
         await deploy(gw, tmp_path, "blue", all_traffic=True)
-        refused = await gw.http.delete("/admin/endpoints/e/deployments/blue", headers=gw.admin)
+        refused = await gw.http.delete("/admin/endpoints/shop/deployments/blue", headers=gw.admin)
         assert refused.status_code == 409 and "shift its traffic to 0" in refused.json()["error"]["message"]
         await traffic(gw, traffic={"blue": 0})
-        assert (await gw.http.delete("/admin/endpoints/e/deployments/blue", headers=gw.admin)).status_code == 204
-        gone = await gw.http.post("/endpoints/e/score", content=b"{}", headers=gw.admin)
+        assert (await gw.http.delete("/admin/endpoints/shop/deployments/blue", headers=gw.admin)).status_code == 204
+        gone = await gw.http.post("/endpoints/shop/score", content=b"{}", headers=gw.admin)
         assert gone.status_code == 503 and "no deployment taking traffic" in gone.json()["error"]["message"]
+
+
+async def test_dotted_names_are_refused_so_no_two_endpoints_share_an_entry(tmp_path: Path) -> None:
+    async with inprocess(settings_for(tmp_path)) as gw:
+        await until(lambda: gw.services.loaded)
+        refused = await gw.http.post("/admin/endpoints", json={"name": "abc.def", "auth_mode": "key"}, headers=gw.admin)
+        assert refused.status_code == 400 and "Azure's rule" in refused.json()["error"]["message"]
+        await endpoint(gw, "abc")
+        with pytest.raises(PackageError, match="invalid deployment name 'def.ghi'"):
+            await deploy(gw, tmp_path, "def.ghi", endpoint="abc")
