@@ -17,7 +17,7 @@ from gateway.auth import Credentials, check_endpoint_access
 from gateway.entries import Entries
 from gateway.metrics import Metrics
 from gateway.nodes import TritonNode
-from gateway.routing import EndpointRoute, RouteTable, Served, Target
+from gateway.routing import DEPLOYMENT_HEADER, MODEL_VERSION_HEADER, EndpointRoute, RouteTable, Served, Target
 from gateway.settings import GatewaySettings
 from turnout.errors import BadInput, Overloaded, ScoringTimeout, TurnoutError, Unauthorized
 from turnout.wire import ScoringResult
@@ -36,6 +36,12 @@ class Resolved:
     name: str  # endpoint or model name
     deployment: str  # deployment name, or the model version as text
     mirror: str | None = None  # deployment to copy this request to
+
+    @property
+    def answered_by(self) -> tuple[str, str]:
+        """The response header naming who answered: the deployment, or the model version."""
+        return (DEPLOYMENT_HEADER, self.deployment) if self.kind == "endpoint" else (MODEL_VERSION_HEADER,
+                                                                                      self.deployment)
 
 
 class DataPlane:
@@ -64,13 +70,13 @@ class DataPlane:
     def resolve_endpoint(self, name: str, pinned: str | None, presented: str | None) -> Resolved:
         route = self.routes.current.endpoint(name)
         check_endpoint_access(self.credentials, name, route.auth_mode, route.key_hashes, presented)
-        if pinned:
-            served = route.deployment(pinned)
-            return Resolved(served.ready_target(f"deployment {pinned!r}"), served, "endpoint", name, pinned)
-        deployment = route.choose(self._rng)
-        served = route.deployments[deployment]
-        target = served.ready_target(f"deployment {deployment!r}")
-        return Resolved(target, served, "endpoint", name, deployment, self._mirror_for(route))
+        deployment = pinned or route.choose(self._rng)
+        served = route.deployment(deployment)
+        try:
+            target = served.ready_target(f"deployment {deployment!r}")
+        except TurnoutError as exc:  # an answer from a chosen deployment names it, errors included
+            raise exc.with_header(DEPLOYMENT_HEADER, deployment) from None
+        return Resolved(target, served, "endpoint", name, deployment, None if pinned else self._mirror_for(route))
 
     def _mirror_for(self, route: EndpointRoute) -> str | None:
         if route.mirror is None:
@@ -97,8 +103,15 @@ class DataPlane:
         return answer  # type: ignore[no-any-return]
 
     async def guarded(self, resolved: Resolved, call: Callable[[TritonNode], Awaitable[Any]]) -> Any:
-        """Bound in-flight requests, bound time, count the outcome. The request holds a lease on its
-        entry (per entry: a deployment's old and new generation drain separately)."""
+        """Bound in-flight requests, bound time, count the outcome; a failure names who answered."""
+        try:
+            return await self._guarded(resolved, call)
+        except TurnoutError as exc:
+            raise exc.with_header(*resolved.answered_by) from None
+
+    async def _guarded(self, resolved: Resolved, call: Callable[[TritonNode], Awaitable[Any]]) -> Any:
+        """The request holds a lease on its entry (per entry: a deployment's old and new generation
+        drain separately)."""
         key = resolved.target.entry
         limit = resolved.served.max_inflight or self.settings.max_inflight_per_deployment
         if self.entries.inflight[key] >= limit:

@@ -22,6 +22,8 @@ from turnout.errors import NodeUnreachable, NotFound, NotReady
 
 # Azure's header (and gRPC metadata key) that pins a deployment, and names the one that served.
 DEPLOYMENT_HEADER = "azureml-model-deployment"
+# Names the model version that answered a /models URL.
+MODEL_VERSION_HEADER = "x-turnout-model-version"
 
 
 @dataclass(frozen=True)
@@ -54,10 +56,16 @@ class Served:
     kind: str = "python_scoring"  # or "triton": a plain Triton model, served over /v2 only
     max_inflight: int | None = None
     timeout: float | None = None  # the deployment's request_timeout (Azure's request_settings)
+    private: bool = False  # a deployment's load failure is for its owner (get-logs), not its scorers
 
     def ready_target(self, what: str) -> Target:
         if self.target is None and self.state in GONE:
             raise NotFound(f"{what} is no longer served: {self.reason}")
+        if self.target is None and self.state is EntryState.failed and self.private:
+            # Its reason names server paths and the script's own exception: the owner reads it with
+            # 'gateway deployment get-logs'; waiting will not help, so no Retry-After.
+            raise NotReady(f"{what} failed to load and cannot serve; its owner can see why with "
+                           "'gateway deployment show' and 'get-logs'", retry_after=None)
         if self.target is None:
             detail = f": {self.reason}" if self.reason else ""
             retry = 5 if self.state in (EntryState.loading, EntryState.restarting) else 30
@@ -154,7 +162,7 @@ class RouteTable:
                     continue
                 target = Target(entry.name, entry.nodes, entry.coalescing) if entry.ready else None
                 served[record.name] = Served(target, entry.state, entry.reason, max_inflight=limit,
-                                             timeout=record.request_timeout_seconds)
+                                             timeout=record.request_timeout_seconds, private=True)
             mirror = next(iter(endpoint.mirror_traffic.items()), None)
             endpoints[endpoint.name] = EndpointRoute(
                 name=endpoint.name,

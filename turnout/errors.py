@@ -27,6 +27,11 @@ class TurnoutError(Exception):
         super().__init__(message)
         self.message = message
         self.details = details or {}
+        self.headers: dict[str, str] = {}  # extra response headers (the deployment that answered)
+
+    def with_header(self, name: str, value: str) -> TurnoutError:
+        self.headers = {**self.headers, name: value}
+        return self
 
     def to_dict(self, request_id: str | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"error": {"code": self.code, "message": self.message}}
@@ -91,7 +96,7 @@ class Overloaded(TurnoutError):
     status = HTTPStatus.TOO_MANY_REQUESTS
     code = "overloaded"
 
-    def __init__(self, message: str, *, retry_after: int = 1, details: dict[str, Any] | None = None) -> None:
+    def __init__(self, message: str, *, retry_after: int | None = 1, details: dict[str, Any] | None = None) -> None:
         super().__init__(message, details=details)
         self.retry_after = retry_after
 
@@ -102,10 +107,12 @@ class NodeUnreachable(TurnoutError):
 
 
 class NotReady(TurnoutError):
+    """Not ready now; ``retry_after`` None when waiting will not help (a deployment that failed to load)."""
+
     status = HTTPStatus.SERVICE_UNAVAILABLE
     code = "not_ready"
 
-    def __init__(self, message: str, *, retry_after: int = 1, details: dict[str, Any] | None = None) -> None:
+    def __init__(self, message: str, *, retry_after: int | None = 1, details: dict[str, Any] | None = None) -> None:
         super().__init__(message, details=details)
         self.retry_after = retry_after
 

@@ -18,14 +18,16 @@ log = logging.getLogger("turnout.gateway.http")
 
 def render_error(exc: TurnoutError, request_id: str, path: str) -> tuple[int, dict[str, str], bytes]:
     """Status, headers and JSON body for an error: the one renderer of every HTTP path."""
-    headers = {"content-type": "application/json"}
-    if isinstance(exc, (Overloaded, NotReady)):
+    headers = {"content-type": "application/json", **exc.headers}
+    if isinstance(exc, (Overloaded, NotReady)) and exc.retry_after is not None:
         headers["retry-after"] = str(exc.retry_after)
     if exc.code == "script_failed":
         # The script's own message can leak internals: the caller gets a generic one, the log the rest.
         log.warning("request %s: %s", request_id, exc.message)
         headers["x-ms-run-function-failed"] = "True"
+        named = exc.headers
         exc = type(exc)("the scoring script failed; see the deployment's logs")
+        exc.headers = named
     if path.startswith("/v2/"):
         body = orjson.dumps({"error": exc.message})  # the Open Inference Protocol's shape (tritonclient)
     else:

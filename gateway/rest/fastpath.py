@@ -19,7 +19,7 @@ from starlette.types import Receive, Scope, Send
 from gateway.auth import bearer
 from gateway.dataplane import DataPlane
 from gateway.rest.errors import render_error
-from gateway.routing import DEPLOYMENT_HEADER
+from gateway.routing import DEPLOYMENT_HEADER, MODEL_VERSION_HEADER
 from turnout import wire
 from turnout.errors import PayloadTooLarge, TurnoutError
 
@@ -82,7 +82,8 @@ async def score(dataplane: DataPlane, target: ScoreTarget, method: str, query: s
     result = await dataplane.score(resolved, body, request_meta(method, query, headers, request_id))
     answer = dict(result.headers)
     answer["content-type"] = result.content_type
-    answer[DEPLOYMENT_HEADER if resolved.kind == "endpoint" else "x-turnout-model-version"] = resolved.deployment
+    header, value = resolved.answered_by
+    answer[header] = value
     return result.status, answer, result.body
 
 
@@ -131,6 +132,6 @@ async def handle(dataplane: DataPlane, target: ScoreTarget, scope: Scope, receiv
     if access_log.isEnabledFor(logging.INFO):
         access_log.info(orjson.dumps({
             "request_id": request_id, target.kind: target.name, "status": status,
-            "deployment": answer.get(DEPLOYMENT_HEADER) or answer.get("x-turnout-model-version"),
+            "deployment": answer.get(DEPLOYMENT_HEADER) or answer.get(MODEL_VERSION_HEADER),
             "ms": round((time.perf_counter() - started) * 1e3, 3),
         }).decode())

@@ -18,7 +18,7 @@ from gateway.coalesce import Coalescing
 from gateway.nodes import NodeSpec, TritonNode
 from gateway.services import Services
 from gateway.settings import GatewaySettings
-from turnout.errors import NodeUnreachable, NotReady, ScriptLoadError
+from turnout.errors import NodeUnreachable, NotReady, ScriptLoadError, TurnoutError
 from turnout.wire import ScoringResult
 
 
@@ -33,6 +33,8 @@ class FakeNode:
         self.fail_load: dict[str, str] = {}  # entry -> why its load fails
         self.crashed: set[str] = set()  # entries whose stub "died"
         self.loads: list[str] = []
+        self.fail_score: dict[str, TurnoutError] = {}  # entry -> the error every request gets
+        self.probes: list[str] = []
         self.down = False
 
     async def score(self, entry: str, body: bytes, meta: bytes, coalescing: Coalescing = Coalescing()) -> ScoringResult:
@@ -43,6 +45,8 @@ class FakeNode:
             raise NotReady("the model's process crashed; it is being restarted", details={"crashed": True})
         if entry not in self.loaded:
             raise NotReady("the model is not loaded on its node")
+        if entry in self.fail_score:
+            raise type(self.fail_score[entry])(self.fail_score[entry].message)
         return ScoringResult(body=orjson.dumps({"entry": entry, "node": self.name, "echo": body.decode()}))
 
     async def forward(self, method: str, path: str, body: bytes,
@@ -60,6 +64,7 @@ class FakeNode:
         self.loaded.pop(entry, None)
 
     async def probe(self, entry: str) -> None:
+        self.probes.append(entry)
         if entry in self.crashed:
             raise NotReady("the model's process crashed", details={"node": self.name, "crashed": True})
 

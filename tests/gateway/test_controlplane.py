@@ -3,6 +3,8 @@ blue/green rollout, failed deployments, and deletion rules."""
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,7 @@ from gateway.cli import _deployment_archive
 from tests.gateway.conftest import deployment_yaml
 from tests.gateway.fakes import FakeNode, InProcess, inprocess, settings_for
 from tests.gateway.test_inprocess import until
-from turnout.errors import PackageError
+from turnout.errors import PackageError, ScriptFailed
 
 pytestmark = pytest.mark.anyio
 
@@ -140,3 +142,38 @@ async def test_dotted_names_are_refused_so_no_two_endpoints_share_an_entry(tmp_p
         await endpoint(gw, "abc")
         with pytest.raises(PackageError, match="invalid deployment name 'def.ghi'"):
             await deploy(gw, tmp_path, "def.ghi", endpoint="abc")
+
+
+async def test_every_answer_from_a_chosen_deployment_names_it(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    node = FakeNode()
+    node.fail_score["shop.green.g1"] = ScriptFailed("KeyError: 'price' at /srv/secret/score.py line 3")
+    async with inprocess(settings_for(tmp_path), node) as gw:
+        await until(lambda: gw.services.loaded)
+        await endpoint(gw)
+        await deploy(gw, tmp_path, "blue", all_traffic=True)
+        await deploy(gw, tmp_path, "green")
+        assert (await traffic(gw, traffic={"blue": 50, "green": 50})).status_code == 200
+        caplog.set_level(logging.INFO, logger="turnout.gateway.access")
+        answers = [await gw.http.post("/endpoints/shop/score", content=b"{}", headers=gw.admin) for _ in range(40)]
+        failed = [a for a in answers if a.status_code == 500]
+        assert failed and all(a.headers["azureml-model-deployment"] == "green" for a in failed)
+        assert all("secret" not in a.text for a in failed)  # the script's message stays in the logs
+        logged = [json.loads(r.getMessage()) for r in caplog.records if r.name == "turnout.gateway.access"]
+        assert {(e["status"], e["deployment"]) for e in logged} == {(200, "blue"), (500, "green")}
+
+
+async def test_a_failed_deployment_answers_without_internals_or_retry_after(tmp_path: Path) -> None:
+    node = FakeNode()
+    node.fail_load["shop.bad.g1"] = "shop.bad.g1: /srv/secret/score.py: init() failed: RuntimeError: db password wrong"
+    async with inprocess(settings_for(tmp_path), node) as gw:
+        await until(lambda: gw.services.loaded)
+        await endpoint(gw)
+        assert (await deploy(gw, tmp_path, "bad")).status_code == 424  # its owner is told why
+        answer = await gw.http.post("/endpoints/shop/score", content=b"{}",
+                                    headers={**gw.admin, "azureml-model-deployment": "bad"})
+        assert answer.status_code == 503 and answer.headers["azureml-model-deployment"] == "bad"
+        assert "retry-after" not in answer.headers
+        assert "secret" not in answer.text and "password" not in answer.text and "get-logs" in answer.text
+        assert answer.json()["request_id"] == answer.headers["x-request-id"]
+        shown = (await gw.http.get("/admin/endpoints/shop/deployments/bad", headers=gw.admin)).json()
+        assert "db password wrong" in shown["reason"]
