@@ -121,9 +121,7 @@ class DataPlane:
         started = time.perf_counter()
         code = 500
         try:
-            pending = call(resolved.target.pick())
-            timeout = resolved.served.timeout
-            answer = await (asyncio.wait_for(pending, timeout) if timeout else pending)
+            answer = await self._attempt(resolved, call)
             code = answer.status if isinstance(answer, ScoringResult) else answer[0] if isinstance(answer, tuple) else 200
             return answer
         except TurnoutError as exc:
@@ -138,6 +136,23 @@ class DataPlane:
             self.entries.release(key)
             self.metrics.observe(resolved.kind, resolved.name, resolved.deployment, code,
                                  time.perf_counter() - started)
+
+    async def _attempt(self, resolved: Resolved, call: Callable[[TritonNode], Awaitable[Any]]) -> Any:
+        """Call one node; once more on another when the first provably never ran it (it lacks the entry,
+        or the connection was never made)."""
+        target, timeout = resolved.target, resolved.served.timeout
+        node = target.pick()
+        try:
+            return await (asyncio.wait_for(call(node), timeout) if timeout else call(node))
+        except TurnoutError as exc:
+            if exc.details.get("missing"):
+                self.entries.report_missing(target.entry, node)
+            elif not exc.details.get("not_sent"):
+                raise
+            other = target.other_than(node)
+            if other is None:
+                raise
+            return await (asyncio.wait_for(call(other), timeout) if timeout else call(other))
 
     def _start_mirror(self, resolved: Resolved, body: bytes, meta: bytes) -> None:
         deployment = resolved.mirror or ""

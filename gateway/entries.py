@@ -33,6 +33,7 @@ DRAIN_SECONDS = 30.0
 class EntryState(StrEnum):
     loading = "loading"
     ready = "ready"
+    degraded = "degraded"  # serving from some of its nodes; being loaded again on the others
     restarting = "restarting"  # its process crashed; being loaded again
     failed = "failed"
     unloaded = "unloaded"  # replaced or no longer served; its URL says why
@@ -40,6 +41,7 @@ class EntryState(StrEnum):
 
 
 GONE = frozenset({EntryState.unloaded, EntryState.removed})
+SERVING = frozenset({EntryState.ready, EntryState.degraded})
 
 
 @dataclass(kw_only=True, eq=False)
@@ -53,14 +55,26 @@ class Entry:
     crash_times: list[float] = field(default_factory=list)
     configs: dict[str, dict[str, Any]] = field(default_factory=dict)  # load-time config per node name
     coalescing: Coalescing = field(default_factory=Coalescing)
+    missing: set[str] = field(default_factory=set)  # nodes that lost it (restarted); reloading there
+
+    @property
+    def serving_nodes(self) -> tuple[TritonNode, ...]:
+        return tuple(n for n in self.nodes if n.name not in self.missing)
 
     @property
     def ready(self) -> bool:
-        return self.state is EntryState.ready
+        """It answers requests: on all its nodes, or (degraded) on some while the others reload it."""
+        return self.state in SERVING and bool(self.serving_nodes)
+
+    @property
+    def probed(self) -> bool:
+        """The crash probe speaks our backend's tensors: only entries served by it are probed."""
+        return True
 
     def health(self) -> dict[str, Any]:
         return {"state": self.state.value, "reason": self.reason, "nodes": [n.name for n in self.nodes],
-                "restarts": self.restarts, "last_crash": self.last_crash}
+                "restarts": self.restarts, "last_crash": self.last_crash,
+                **({"missing_on": sorted(self.missing)} if self.missing else {})}
 
 
 E = TypeVar("E", bound=Entry)
@@ -73,6 +87,7 @@ class Entries:
         self._entries: dict[str, Entry] = {}
         self._listeners: list[Listener] = []
         self._healing: dict[str, asyncio.Task[None]] = {}
+        self._reloading: dict[tuple[str, str], asyncio.Task[None]] = {}
         self.inflight: defaultdict[str, int] = defaultdict(int)  # requests in flight per entry (leases)
 
     # --- the collection and its subscribers ---
@@ -147,12 +162,44 @@ class Entries:
             await asyncio.to_thread(shutil.rmtree, folder, True)
         self.changed()
 
+    # --- nodes that lost entries (a restarted Triton comes back empty) ---
+    def reconcile(self, node: TritonNode, loaded: set[str]) -> None:
+        """``loaded``: what ``node`` says it has; what it should have and lacks is loaded there again."""
+        for entry in self:
+            if entry.state in SERVING and entry.name not in loaded and any(n is node for n in entry.nodes):
+                self.report_missing(entry.name, node)
+
+    def report_missing(self, name: str, node: TritonNode) -> None:
+        """Stop sending ``name`` to ``node`` (it does not have it) and load it there again."""
+        entry = self._entries.get(name)
+        if entry is None or entry.state not in SERVING or (name, node.name) in self._reloading:
+            return
+        entry.missing.add(node.name)
+        self.set_state(entry, EntryState.degraded, f"not loaded on {', '.join(sorted(entry.missing))} "
+                                                   "(the node restarted?); loading it there again")
+        self._reloading[(name, node.name)] = asyncio.create_task(self._reload(entry, node),
+                                                                 name=f"turnout-reload-{name}-{node.name}")
+
+    async def _reload(self, entry: Entry, node: TritonNode) -> None:
+        try:
+            await node.load(entry.name, entry.configs.get(node.name))
+            entry.missing.discard(node.name)
+            log.warning("%s loaded again on node %s", entry.name, node.name)
+        except TurnoutError as exc:
+            log.error("%s could not be loaded again on node %s: %s", entry.name, node.name, exc.message)
+            entry.reason = f"loading it again on {node.name} failed ({exc.message}); retrying at the next health check"
+        finally:
+            self._reloading.pop((entry.name, node.name), None)
+            if entry.state is EntryState.degraded and not entry.missing:
+                entry.state, entry.reason = EntryState.ready, ""
+            self.changed()
+
     # --- health: crashed stubs are never restarted by Triton, so we do it ---
     async def probe(self) -> None:
         for entry in self:
-            if not entry.ready or entry.name in self._healing:
+            if not entry.ready or not entry.probed or entry.name in self._healing:
                 continue
-            for node in entry.nodes:
+            for node in entry.serving_nodes:
                 if not node.healthy:
                     continue
                 try:
@@ -166,7 +213,7 @@ class Entries:
     def report_crash(self, name: str, reason: str) -> None:
         """Heal an entry whose stub process died (from a failed request or a probe); once at a time."""
         entry = self._entries.get(name)
-        if entry is None or name in self._healing or entry.state not in (EntryState.ready, EntryState.restarting):
+        if entry is None or name in self._healing or entry.state not in (*SERVING, EntryState.restarting):
             return
         entry.restarts += 1
         entry.last_crash = f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}: {reason}"
@@ -194,7 +241,7 @@ class Entries:
             self.changed()
 
     async def stop(self) -> None:
-        tasks = list(self._healing.values())
+        tasks = [*self._healing.values(), *self._reloading.values()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

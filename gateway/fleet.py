@@ -111,6 +111,19 @@ class Fleet:
             up = await node.check_health()
             self.metrics.node_up.labels(node.name, node.spec.pool).set(1 if up else 0)
 
+    async def loaded_entries(self) -> list[tuple[TritonNode, set[str]]]:
+        """What each healthy node says it has loaded (nodes that do not answer are left out)."""
+        found = []
+        for node in list(self.nodes.values()):
+            if not node.healthy:
+                continue
+            try:
+                index = await node.index()
+            except TurnoutError:
+                continue
+            found.append((node, {str(item["name"]) for item in index if item.get("state") == "READY"}))
+        return found
+
     def node_log(self, entry: str, nodes: Iterable[TritonNode] = (), lines: int = 200) -> str:
         """The entry's own log from each node (every node when ``nodes`` is empty)."""
         parts = []

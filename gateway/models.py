@@ -26,6 +26,10 @@ class ModelEntry(Entry):
     log_tail: str = ""  # why it failed, from the entry's own log
     mode: str = ""  # how its script was loaded (Azure run(), hooks, batch), when known
 
+    @property
+    def probed(self) -> bool:
+        return self.info.kind == "python_scoring"  # a plain Triton model has its own tensors
+
     def as_dict(self) -> dict[str, Any]:
         manifest = self.info.manifest
         return {

@@ -100,7 +100,8 @@ def _triton_failure(status: int, text: str, node: str) -> TurnoutError:
         return NotReady("the model's process crashed; it is being restarted", retry_after=2,
                         details={"node": node, "crashed": True})
     if any(marker in lowered for marker in _NOT_LOADED):
-        return NotReady("the model is not loaded on its node", details={"node": node})
+        # Triton did not run it: the gateway may send it to another node, and loads it here again.
+        return NotReady("the model is not loaded on its node", details={"node": node, "missing": True})
     log.error("node %s answered %s: %s", node, status, text[:2000])
     return TurnoutError("the inference server failed the request")
 
@@ -172,7 +173,7 @@ class Node:
             status, headers, data = await self._scoring.post(f"/v2/models/{entry}/infer".encode(), extra, payload)
         except NodeUnreachable as exc:
             self.healthy = False
-            raise NodeUnreachable(f"node {self.name} is unreachable", details={"node": self.name}) from exc
+            raise NodeUnreachable(f"node {self.name} is unreachable", details={**exc.details, "node": self.name}) from exc
         if status != 200:
             raise _triton_failure(status, _error_text(data), self.name)
         length = headers.get(b"inference-header-content-length")

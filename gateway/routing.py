@@ -45,6 +45,10 @@ class Target:
                 return node
         raise NodeUnreachable(f"no healthy node serves {self.entry}")
 
+    def other_than(self, node: TritonNode) -> TritonNode | None:
+        """A healthy node besides ``node``, for a request that provably never ran on ``node``."""
+        return next((n for n in self.nodes if n is not node and n.healthy), None)
+
 
 @dataclass(frozen=True)
 class Served:
@@ -143,7 +147,7 @@ class RouteTable:
         models: dict[str, dict[int, Served]] = {}
         for model in self.models.all():
             info = model.info
-            target = Target(info.entry, model.nodes, info.coalescing) if model.ready else None
+            target = Target(info.entry, model.serving_nodes, info.coalescing) if model.ready else None
             models.setdefault(info.name, {})[info.version] = Served(target, model.state, model.reason, kind=info.kind)
         return models
 
@@ -160,7 +164,7 @@ class RouteTable:
                     served[record.name] = Served(None, EntryState.loading, "being placed on its nodes",
                                                  timeout=record.request_timeout_seconds)
                     continue
-                target = Target(entry.name, entry.nodes, entry.coalescing) if entry.ready else None
+                target = Target(entry.name, entry.serving_nodes, entry.coalescing) if entry.ready else None
                 served[record.name] = Served(target, entry.state, entry.reason, max_inflight=limit,
                                              timeout=record.request_timeout_seconds, private=True)
             mirror = next(iter(endpoint.mirror_traffic.items()), None)

@@ -103,8 +103,9 @@ class UpstreamPool:
             reused = bool(self._idle)
             try:
                 connection = self._idle.pop() if reused else await self._connect()
-            except OSError as exc:
-                raise NodeUnreachable(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
+            except OSError as exc:  # nothing was sent: another node may take it
+                raise NodeUnreachable(f"cannot connect to {self.host}:{self.port}: {exc}",
+                                      details={"not_sent": True}) from exc
             if connection.closed:
                 continue
             waiter = connection.send(request)

@@ -35,16 +35,20 @@ class FakeNode:
         self.loads: list[str] = []
         self.fail_score: dict[str, TurnoutError] = {}  # entry -> the error every request gets
         self.probes: list[str] = []
-        self.down = False
+        self.down = False  # fails requests in flight (they may have run)
+        self.refusing = False  # refuses connections (nothing was sent)
 
     async def score(self, entry: str, body: bytes, meta: bytes, coalescing: Coalescing = Coalescing()) -> ScoringResult:
         if self.down:
             self.healthy = False
             raise NodeUnreachable(f"node {self.name} is unreachable", details={"node": self.name})
+        if self.refusing:
+            self.healthy = False
+            raise NodeUnreachable(f"node {self.name} is unreachable", details={"node": self.name, "not_sent": True})
         if entry in self.crashed:
             raise NotReady("the model's process crashed; it is being restarted", details={"crashed": True})
-        if entry not in self.loaded:
-            raise NotReady("the model is not loaded on its node")
+        if entry not in self.loaded:  # as gateway.nodes reads Triton's "unknown model" answer
+            raise NotReady("the model is not loaded on its node", details={"node": self.name, "missing": True})
         if entry in self.fail_score:
             raise type(self.fail_score[entry])(self.fail_score[entry].message)
         return ScoringResult(body=orjson.dumps({"entry": entry, "node": self.name, "echo": body.decode()}))
@@ -69,6 +73,8 @@ class FakeNode:
             raise NotReady("the model's process crashed", details={"node": self.name, "crashed": True})
 
     async def index(self) -> list[dict[str, Any]]:
+        if self.down:
+            raise NodeUnreachable(f"node {self.name} is unreachable")
         return [{"name": entry, "state": "READY"} for entry in self.loaded]
 
     async def check_health(self) -> bool:
