@@ -86,36 +86,46 @@ class DataPlane:
 
     # --- scoring ---
     async def score(self, resolved: Resolved, body: bytes, meta: bytes) -> ScoringResult:
-        if resolved.mirror is not None:
-            self._start_mirror(resolved, body, meta)
+        self.mirror(resolved, lambda copy: self._call(copy, body, meta, live=False))
         return await self._call(resolved, body, meta)
 
-    async def _call(self, resolved: Resolved, body: bytes, meta: bytes) -> ScoringResult:
+    async def _call(self, resolved: Resolved, body: bytes, meta: bytes, live: bool = True) -> ScoringResult:
         target = resolved.target
-        result = await self.guarded(resolved, lambda node: node.score(target.entry, body, meta, target.coalescing))
+        result = await self.guarded(resolved, lambda node: node.score(target.entry, body, meta, target.coalescing),
+                                    live=live)
         return result  # type: ignore[no-any-return]
 
     async def forward(self, resolved: Resolved, method: str, suffix: str, body: bytes,
                       headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
-        """An Open Inference Protocol call passed through to the resolved entry (``suffix``: "/infer")."""
+        """An Open Inference Protocol call passed through to the resolved entry (``suffix``: "/infer");
+        an inference is mirrored as a /score request is."""
+        if method == "POST" and suffix == "/infer":
+            self.mirror(resolved, lambda copy: self._forward(copy, method, suffix, body, headers, live=False))
+        return await self._forward(resolved, method, suffix, body, headers)
+
+    async def _forward(self, resolved: Resolved, method: str, suffix: str, body: bytes, headers: dict[str, str],
+                       live: bool = True) -> tuple[int, dict[str, str], bytes]:
         path = f"/v2/models/{resolved.target.entry}{suffix}"
-        answer = await self.guarded(resolved, lambda node: node.forward(method, path, body, headers))
+        answer = await self.guarded(resolved, lambda node: node.forward(method, path, body, headers), live=live)
         return answer  # type: ignore[no-any-return]
 
-    async def guarded(self, resolved: Resolved, call: Callable[[TritonNode], Awaitable[Any]]) -> Any:
-        """Bound in-flight requests, bound time, count the outcome; a failure names who answered."""
+    async def guarded(self, resolved: Resolved, call: Callable[[TritonNode], Awaitable[Any]], *,
+                      live: bool = True) -> Any:
+        """Bound in-flight requests, bound time, count the outcome (``live``: a caller's request, not a
+        mirror copy, which has counters of its own); a failure names who answered."""
         try:
-            return await self._guarded(resolved, call)
+            return await self._guarded(resolved, call, live)
         except TurnoutError as exc:
             raise exc.with_header(*resolved.answered_by) from None
 
-    async def _guarded(self, resolved: Resolved, call: Callable[[TritonNode], Awaitable[Any]]) -> Any:
+    async def _guarded(self, resolved: Resolved, call: Callable[[TritonNode], Awaitable[Any]], live: bool) -> Any:
         """The request holds a lease on its entry (per entry: a deployment's old and new generation
         drain separately)."""
         key = resolved.target.entry
         limit = resolved.served.max_inflight or self.settings.max_inflight_per_deployment
         if self.entries.inflight[key] >= limit:
-            self.metrics.observe(resolved.kind, resolved.name, resolved.deployment, 429, 0.0)
+            if live:
+                self.metrics.observe(resolved.kind, resolved.name, resolved.deployment, 429, 0.0)
             raise Overloaded(f"{resolved.kind} {resolved.name!r} has {limit} requests in flight; retry shortly")
         self.entries.acquire(key)
         started = time.perf_counter()
@@ -134,8 +144,9 @@ class DataPlane:
             raise ScoringTimeout(f"{resolved.kind} {resolved.name!r} did not answer in time") from None
         finally:
             self.entries.release(key)
-            self.metrics.observe(resolved.kind, resolved.name, resolved.deployment, code,
-                                 time.perf_counter() - started)
+            if live:
+                self.metrics.observe(resolved.kind, resolved.name, resolved.deployment, code,
+                                     time.perf_counter() - started)
 
     async def _attempt(self, resolved: Resolved, call: Callable[[TritonNode], Awaitable[Any]]) -> Any:
         """Call one node; once more on another when the first provably never ran it (it lacks the entry,
@@ -154,23 +165,27 @@ class DataPlane:
                 raise
             return await (asyncio.wait_for(call(other), timeout) if timeout else call(other))
 
-    def _start_mirror(self, resolved: Resolved, body: bytes, meta: bytes) -> None:
-        deployment = resolved.mirror or ""
+    def mirror(self, resolved: Resolved, send: Callable[[Resolved], Awaitable[Any]]) -> None:
+        """Send a copy of a live request to the endpoint's mirror deployment, when it drew one: ``send``
+        makes the same call on another target. Whatever the protocol, copies are counted apart."""
+        if resolved.mirror is None:
+            return
+        deployment = resolved.mirror
         if len(self._mirrors) >= MAX_PENDING_MIRRORS:
             self.metrics.mirror.labels(resolved.name, deployment, "dropped").inc()
             return
-        task = asyncio.create_task(self._mirror(resolved.name, deployment, body, meta))
+        task = asyncio.create_task(self._mirror(resolved.name, deployment, send))
         self._mirrors.add(task)
         task.add_done_callback(self._mirrors.discard)
 
-    async def _mirror(self, endpoint: str, deployment: str, body: bytes, meta: bytes) -> None:
+    async def _mirror(self, endpoint: str, deployment: str, send: Callable[[Resolved], Awaitable[Any]]) -> None:
         """A copy of a live request; its answer and errors are counted and dropped, never returned."""
         try:
             served = self.routes.current.endpoint(endpoint).deployment(deployment)
-            mirrored = Resolved(served.ready_target(f"deployment {deployment!r}"), served, "endpoint", endpoint,
-                                deployment)
-            result = await self._call(mirrored, body, meta)
-            outcome = "ok" if result.status < 400 else "error"
+            copy = Resolved(served.ready_target(f"deployment {deployment!r}"), served, "endpoint", endpoint, deployment)
+            answer = await send(copy)
+            status = answer.status if isinstance(answer, ScoringResult) else answer[0] if isinstance(answer, tuple) else 200
+            outcome = "ok" if status < 400 else "error"
         except TurnoutError:
             outcome = "error"
         except Exception:  # a mirror must never surface anything

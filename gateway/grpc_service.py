@@ -70,6 +70,17 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
         return self.dataplane.resolve_model(name, int(version) if version else None, credential, v2=True)
 
     async def _forward(self, resolved: Resolved, method: str, request: Any) -> Any:
+        if method == "ModelInfer":
+            def send(copy: Resolved) -> Any:
+                mirrored = pb.ModelInferRequest()
+                mirrored.CopyFrom(request)
+                mirrored.model_name = copy.target.entry
+                return self.dataplane.guarded(copy, self._caller(method, mirrored), live=False)
+
+            self.dataplane.mirror(resolved, send)
+        return await self.dataplane.guarded(resolved, self._caller(method, request))
+
+    def _caller(self, method: str, request: Any) -> Any:
         async def call(node: TritonNode) -> Any:
             try:
                 return await getattr(self.stubs.stub(node), method)(request)
@@ -81,7 +92,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
                     raise NodeUnreachable(f"node {node.name} is unreachable over gRPC") from None
                 raise _Passthrough(exc.code(), exc.details() or "") from None
 
-        return await self.dataplane.guarded(resolved, call)
+        return call
 
     async def _routed(self, context: grpc.aio.ServicerContext, request: Any, method: str, name_field: str,
                       version_field: str, parameters: Any = None) -> Any:

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from tests.gateway.conftest import GatewayProcess, deployment_yaml, endpoint_yaml
@@ -82,6 +83,43 @@ def test_mirror_copies_live_traffic_without_the_caller_seeing_it(rollout: Gatewa
     rollout.cli("endpoint", "update", "-n", "rollout", "--mirror-traffic", "green=0")
 
 
+def metric_with(gateway: GatewayProcess, name: str, **labels: str) -> float:
+    """The sum of a metric's samples that carry all ``labels``, whatever their order."""
+    total = 0.0
+    for line in httpx.get(f"{gateway.url}/metrics").text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_mirror_covers_rest_v2_and_grpc_and_copies_are_not_live_requests(rollout: GatewayProcess) -> None:
+    import tritonclient.grpc as triton_grpc
+    import tritonclient.http as triton_rest
+
+    key, _ = rollout.keys("rollout")
+    auth = {"authorization": f"Bearer {key}"}  # lower case: gRPC metadata keys must be
+    rollout.cli("endpoint", "update", "-n", "rollout", "--traffic", "blue=100", "--mirror-traffic", "green=50")
+    mirrored_before = metric_with(rollout, "turnout_mirror_requests_total", deployment="green", outcome="ok")
+    live_green_before = metric_with(rollout, "turnout_requests_total", deployment="green")
+    try:
+        for module, client in ((triton_rest, triton_rest.InferenceServerClient(f"127.0.0.1:{rollout.port}")),
+                               (triton_grpc, triton_grpc.InferenceServerClient(f"127.0.0.1:{rollout.grpc_port}"))):
+            try:
+                for _ in range(60):
+                    tensor = module.InferInput("BODY", [1, 1], "BYTES")
+                    tensor.set_data_from_numpy(np.array([[b'{"x": 7}']], dtype=np.object_))
+                    result = client.infer("rollout", [tensor], headers=dict(auth))  # the REST client adds to it
+                    assert json.loads(result.as_numpy("BODY")[0][0])["color"] == "blue"
+            finally:
+                client.close()
+        time.sleep(0.5)  # mirrors finish after the live answers
+        mirrored = metric_with(rollout, "turnout_mirror_requests_total", deployment="green", outcome="ok") - mirrored_before
+        assert 0.3 * 120 <= mirrored <= 0.7 * 120, mirrored
+        assert metric_with(rollout, "turnout_requests_total", deployment="green") == live_green_before
+    finally:
+        rollout.cli("endpoint", "update", "-n", "rollout", "--mirror-traffic", "green=0")
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--traffic", "blue=90 green=20"], "must sum to 100 (or 0 to stop all traffic), got 110"),
     (["--traffic", "blue=90 purple=10"], "unknown deployment 'purple' in traffic (deployments: blue, green)"),
@@ -139,7 +177,7 @@ def test_tokens_expire(gateway: GatewayProcess, tmp_path: Path) -> None:
 
 def test_swagger_comes_from_inference_schema(gateway: GatewayProcess, examples_ready: Path, tmp_path: Path) -> None:
     gateway.cli("endpoint", "create", "-f", str(endpoint_yaml(tmp_path, "schema")))
-    spec = deployment_yaml(tmp_path, "v1", endpoint="schema",
+    spec = deployment_yaml(tmp_path, "first", endpoint="schema",
                            code_configuration={"code": str(examples_ready / "schema-azure"), "scoring_script": "score.py"})
     gateway.cli("deployment", "create", "-f", str(spec), "--all-traffic")
     key, _ = gateway.keys("schema")
