@@ -117,27 +117,35 @@ def check_endpoint_access(
     key_hashes: tuple[str, ...],
     presented: str | None,
 ) -> None:
-    """Raise Unauthorized (no or bad credential) or Forbidden (a valid credential not good here)."""
+    """Raise Unauthorized (no or bad credential) or Forbidden (a valid credential not good here).
+
+    As on Azure: a ``key`` endpoint takes its two keys; an ``aml_token`` endpoint takes the expiring tokens
+    that ``get-credentials`` hands out and ``POST /endpoints/{e}/token`` renews; the admin key opens both."""
     if auth_mode == "none":
         return
     if presented is None:
-        raise Unauthorized(f"endpoint {endpoint!r} needs 'Authorization: Bearer <{auth_mode}>'")
+        wanted = "token" if auth_mode == "aml_token" else "key"
+        raise Unauthorized(f"endpoint {endpoint!r} needs 'Authorization: Bearer <{wanted}>'")
     if credentials.is_admin(presented):
         return
     token = credentials.decode_token(presented)
     if token is not None:
         if token.endpoint != endpoint:
             raise Forbidden(f"this token was issued for endpoint {token.endpoint!r}, not {endpoint!r}")
-        if token.expires_at < time.time():
-            raise Unauthorized("the token has expired; get a new one")
         if auth_mode != "aml_token":
-            raise Forbidden(f"endpoint {endpoint!r} uses auth_mode {auth_mode}, not tokens")
+            raise Forbidden(f"endpoint {endpoint!r} uses auth_mode key: send 'Authorization: Bearer <key>' "
+                            "('gateway endpoint get-credentials' gives its keys); tokens are for aml_token endpoints")
+        if token.expires_at < time.time():
+            raise Unauthorized(f"the token has expired; get a new one ('gateway endpoint get-credentials -n "
+                               f"{endpoint}', or POST /endpoints/{endpoint}/token with a valid one)")
         return
+    if auth_mode == "aml_token":
+        raise Unauthorized(f"endpoint {endpoint!r} uses auth_mode aml_token: send 'Authorization: Bearer <token>' "
+                           f"('gateway endpoint get-credentials -n {endpoint}' gives one; POST "
+                           f"/endpoints/{endpoint}/token with a valid one renews it)")
     presented_hash = hash_key(presented)
     matched = False
     for stored in key_hashes:
         matched |= hmac.compare_digest(presented_hash, stored)
     if not matched:
         raise Unauthorized(f"the key is not valid for endpoint {endpoint!r}")
-    if auth_mode == "aml_token":
-        raise Forbidden(f"endpoint {endpoint!r} takes tokens; exchange the key at /endpoints/{endpoint}/token")

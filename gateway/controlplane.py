@@ -219,8 +219,9 @@ class ControlPlane:
         credentials = self.credentials
         token = credentials.issue_token(name, self.settings.token_ttl_seconds)
         expiry = datetime.fromtimestamp(token.expires_at, UTC)
+        refresh = datetime.fromtimestamp(token.expires_at - self.settings.token_ttl_seconds / 2, UTC)
         return {"accessToken": credentials.encode_token(token), "tokenType": "Bearer",
-                "expiryTimeUtc": expiry.isoformat()}
+                "expiryTimeUtc": expiry.isoformat(), "refreshAfterTimeUtc": refresh.isoformat()}
 
     async def regenerate_key(self, name: str, key_type: str) -> dict[str, Any]:
         async with self.lock:

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request, Response
 from gateway.auth import check_endpoint_access
 from gateway.rest.deps import Control, Credential, Data, Runtime, read_body, request_id
 from gateway.rest.fastpath import ScoreTarget, score
+from turnout.errors import BadInput
 
 router = APIRouter(tags=["scoring"])
 
@@ -41,11 +42,15 @@ async def score_model_version(model: str, version: int, request: Request, datapl
     return await _answer(request, dataplane, ScoreTarget("model", model, version))
 
 
-@router.post("/endpoints/{endpoint}/token", summary="Exchange an endpoint key for an expiring token")
+@router.post("/endpoints/{endpoint}/token", summary="Renew an aml_token endpoint's token")
 async def endpoint_token(endpoint: str, dataplane: Data, control: Control, credential: Credential) -> dict[str, Any]:
+    """A holder of a valid token (or the admin key) gets a fresh one, as `get-credentials` gives."""
     route = dataplane.routes.current.endpoint(endpoint)
-    # A key of this endpoint (or the admin key) may mint tokens, whatever the endpoint's auth mode.
-    check_endpoint_access(dataplane.credentials, endpoint, "key", route.key_hashes, credential)
+    if route.auth_mode != "aml_token":
+        raise BadInput(f"endpoint {endpoint!r} uses auth_mode {route.auth_mode}: "
+                       + ("send 'Authorization: Bearer <key>'; tokens are for aml_token endpoints"
+                          if route.auth_mode == "key" else "it needs no credential"))
+    check_endpoint_access(dataplane.credentials, endpoint, "aml_token", (), credential)
     return control.token(endpoint)
 
 

@@ -39,9 +39,12 @@ def test_tokens_are_bound_to_their_endpoint_and_expire(credentials: Credentials)
         check_endpoint_access(credentials, "e", "aml_token", (), forged)
 
 
-def test_a_key_on_a_token_endpoint_is_told_to_exchange_it(credentials: Credentials) -> None:
-    with pytest.raises(Forbidden, match="exchange the key at /endpoints/e/token"):
+def test_each_mode_says_which_credential_it_takes(credentials: Credentials) -> None:
+    with pytest.raises(Unauthorized, match=r"uses auth_mode aml_token: send 'Authorization: Bearer <token>'"):
         check_endpoint_access(credentials, "e", "aml_token", (hash_key("k1"),), "k1")
+    token = credentials.encode_token(credentials.issue_token("e", 60))
+    with pytest.raises(Forbidden, match=r"uses auth_mode key: send 'Authorization: Bearer <key>'"):
+        check_endpoint_access(credentials, "e", "key", (hash_key("k1"),), token)
 
 
 def test_keys_are_sealed_and_the_secret_is_private(credentials: Credentials, tmp_path: Path) -> None:

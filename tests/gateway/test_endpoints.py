@@ -153,11 +153,10 @@ def test_key_auth(rollout: GatewayProcess) -> None:
     assert new_primary != primary and same_secondary == secondary
     assert score(rollout, primary).status_code == 401
     assert score(rollout, new_primary).status_code == 200
-    # A token minted for another endpoint is a valid credential, but not here: 403.
-    rollout.cli("endpoint", "create", "-f", str(endpoint_yaml(Path(rollout.state), "other")))
-    other_key, _ = rollout.keys("other")
-    token = httpx.post(f"{rollout.url}/endpoints/other/token", headers={"Authorization": f"Bearer {other_key}"})
-    assert score(rollout, token.json()["accessToken"]).status_code == 403
+    # A token of another endpoint is a valid credential, but not here: 403.
+    rollout.cli("endpoint", "create", "-f", str(endpoint_yaml(Path(rollout.state), "other", "aml_token")))
+    token = rollout.cli_json("endpoint", "get-credentials", "-n", "other")["accessToken"]
+    assert score(rollout, token).status_code == 403
     # The control plane wants the admin key, not an endpoint key.
     assert httpx.get(f"{rollout.url}/admin/endpoints", headers={"Authorization": f"Bearer {new_primary}"}).status_code == 401
 
