@@ -20,7 +20,7 @@ from gateway.schemas import AZURE_ENDPOINT_IGNORED, DeploymentSpec, EndpointSpec
 from packager.package import PACKAGE_FILE
 from packager.registry import Registry, default_registry_root
 from packager.sources import resolve_source
-from packager.spec import load_azure_deployment, read_yaml
+from packager.spec import apply_overrides, load_azure_deployment, read_yaml
 from turnout.errors import BadInput, TurnoutError
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -237,8 +237,21 @@ def endpoint_invoke(
 # --- deployments -------------------------------------------------------------------------------------
 
 
-def _deployment_archive(file: Path, name: str | None, endpoint_name: str | None) -> tuple[DeploymentSpec, bytes]:
-    azure, ignored = load_azure_deployment(file)
+EndpointOverride = Annotated[str | None, typer.Option("--endpoint-name", "-e", help="Override the YAML's endpoint_name.")]
+SetOption = Annotated[list[str] | None, typer.Option(
+    "--set", help="KEY=VALUE to change in the YAML before it is read, as az ml takes it (repeatable; dotted keys "
+                  "reach nested ones: environment_variables.COLOR=red).")]
+
+
+def _overrides(name: str | None, endpoint_name: str | None, sets: list[str] | None) -> dict[str, Any]:
+    given = {k: v for k, v in (("name", name), ("endpoint_name", endpoint_name)) if v}
+    return apply_overrides(given, sets or [])
+
+
+def _deployment_archive(file: Path, name: str | None, endpoint_name: str | None,
+                        sets: list[str] | None = None) -> tuple[DeploymentSpec, bytes]:
+    overrides = _overrides(name, endpoint_name, sets)
+    azure, ignored = load_azure_deployment(file, overrides)
     if ignored:
         typer.secho(f"warning: ignored Azure keys (not used by Turnout): {', '.join(ignored)}",
                     fg=typer.colors.YELLOW, err=True)
@@ -252,7 +265,7 @@ def _deployment_archive(file: Path, name: str | None, endpoint_name: str | None)
         instance_count=azure.instance_count, description=azure.description or "", tags=azure.tags,
         request_settings=settings, ignored_keys=ignored,
     )
-    with resolve_source(str(file), Registry(default_registry_root())) as package:
+    with resolve_source(str(file), Registry(default_registry_root()), overrides) as package:
         header = PackageHeader(name=package.name, spec=package.spec.model_dump(mode="json"),
                                model_name=package.model_name, source=package.source)
         buffer = io.BytesIO()
@@ -267,8 +280,8 @@ def _deployment_archive(file: Path, name: str | None, endpoint_name: str | None)
 
 
 def _put_deployment(file: Path, name: str | None, endpoint_name: str | None, all_traffic: bool,
-                    client: AdminClient) -> None:
-    spec, archive = _deployment_archive(file, name, endpoint_name)
+                    client: AdminClient, sets: list[str] | None = None) -> None:
+    spec, archive = _deployment_archive(file, name, endpoint_name, sets)
     typer.echo(f"deploying {spec.endpoint_name}/{spec.name} ({len(archive) / 1e6:.1f} MB) ...", err=True)
     _print(client.put_archive(f"/admin/endpoints/{spec.endpoint_name}/deployments/{spec.name}", archive,
                               {"all_traffic": str(all_traffic).lower()}))
@@ -279,22 +292,24 @@ def deployment_create(
     file: Annotated[Path, typer.Option("--file", "-f", help="Azure ML CLI v2 deployment YAML.")],
     all_traffic: Annotated[bool, typer.Option("--all-traffic", help="Send 100% of traffic to it.")] = False,
     name: Annotated[str | None, typer.Option("--name", "-n", help="Override the YAML's name.")] = None,
-    endpoint_name: Annotated[str | None, typer.Option("--endpoint-name", "-e")] = None,
+    endpoint_name: EndpointOverride = None,
+    set_: SetOption = None,
     gateway_url: GatewayUrl = DEFAULT_URL, admin_key: AdminKey = None, state: StateDir = DEFAULT_STATE,
 ) -> None:
     """Create a deployment from Azure's deployment YAML; it takes traffic only once ready."""
-    _put_deployment(file, name, endpoint_name, all_traffic, _client(gateway_url, admin_key, state))
+    _put_deployment(file, name, endpoint_name, all_traffic, _client(gateway_url, admin_key, state), set_)
 
 
 @deployment_app.command("update")
 def deployment_update(
     file: Annotated[Path, typer.Option("--file", "-f", help="Azure ML CLI v2 deployment YAML.")],
     name: Annotated[str | None, typer.Option("--name", "-n")] = None,
-    endpoint_name: Annotated[str | None, typer.Option("--endpoint-name", "-e")] = None,
+    endpoint_name: EndpointOverride = None,
+    set_: SetOption = None,
     gateway_url: GatewayUrl = DEFAULT_URL, admin_key: AdminKey = None, state: StateDir = DEFAULT_STATE,
 ) -> None:
     """Roll a deployment to new code, model or instance count: load, ready, switch, drain, unload."""
-    _put_deployment(file, name, endpoint_name, False, _client(gateway_url, admin_key, state))
+    _put_deployment(file, name, endpoint_name, False, _client(gateway_url, admin_key, state), set_)
 
 
 @deployment_app.command("show")

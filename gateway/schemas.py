@@ -31,6 +31,17 @@ class EndpointSpec(BaseModel):
     def _name(cls, value: str) -> str:
         return check_azure_name(value, "endpoint name")
 
+    @field_validator("auth_mode")
+    @classmethod
+    def _auth_mode(cls, value: str) -> str:
+        """Azure's spellings, whatever their case (its Kubernetes example says ``Key``, SDKs ``AMLToken``)."""
+        folded = value.replace("_", "").replace("-", "").lower()
+        modes = {"key": "key", "amltoken": "aml_token", "none": "none"}
+        if folded not in modes:
+            raise ValueError(f"auth_mode {value!r} is not offered: Turnout endpoints use key, aml_token, or none "
+                             "(gateways in dev mode); aad_token needs Azure's own identity service")
+        return modes[folded]
+
 
 class EndpointUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")

@@ -14,6 +14,7 @@ from packager.inspection import Inspection, inspect_package
 from packager.package import StagedPackage
 from packager.registry import Registry, default_registry_root
 from packager.scaffold import scaffold
+from packager.spec import apply_overrides
 from packager.testing import request_body_for, run_package_test
 from turnout.errors import TurnoutError
 
@@ -33,8 +34,12 @@ def _fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _stage(source: str, registry: Path | None) -> StagedPackage:
-    package = pipeline.stage(source, Registry(default_registry_root(registry)))
+SetOption = Annotated[list[str] | None, typer.Option(
+    "--set", help="For an Azure YAML: KEY=VALUE to change before it is read (repeatable), e.g. endpoint_name=shop.")]
+
+
+def _stage(source: str, registry: Path | None, sets: list[str] | None = None) -> StagedPackage:
+    package = pipeline.stage(source, Registry(default_registry_root(registry)), apply_overrides({}, sets or []))
     for warning in package.warnings:
         typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
     return package
@@ -52,9 +57,9 @@ def init(
 
 
 @app.command()
-def validate(source: SourceArgument, registry: RegistryOption = None) -> None:
+def validate(source: SourceArgument, registry: RegistryOption = None, set_: SetOption = None) -> None:
     """Load the scoring script with the backend's loader (in a subprocess) and report its mode."""
-    with _stage(source, registry) as package:
+    with _stage(source, registry, set_) as package:
         result = inspect_package(package)
     if result.log.strip():
         typer.echo(result.log.rstrip(), err=True)
@@ -78,6 +83,7 @@ def register(
     description: Annotated[str | None, typer.Option(help="Description.")] = None,
     skip_validation: Annotated[bool, typer.Option(help="Register without loading the script first.")] = False,
     registry: RegistryOption = None,
+    set_: SetOption = None,
 ) -> None:
     """Register an immutable name:version (the same content twice gives the same version)."""
     tags = {}
@@ -87,7 +93,7 @@ def register(
             _fail(f"--tag {item!r}: expected key=value")
         tags[key] = value
     reg = Registry(default_registry_root(registry))
-    with _stage(source, registry) as package:
+    with _stage(source, registry, set_) as package:
         try:
             record, created, inspection = pipeline.register(
                 package, reg, validate=not skip_validation, name=name, version=version, tags=tags,
@@ -130,9 +136,10 @@ def build(
     ),
     name: Annotated[str | None, typer.Option("--name", help="Entry name [default: NAME-vVERSION].")] = None,
     registry: RegistryOption = None,
+    set_: SetOption = None,
 ) -> None:
     """Build SOURCE into a Triton model-repository entry (staged, then moved into place)."""
-    with _stage(source, registry) as package:
+    with _stage(source, registry, set_) as package:
         built = pipeline.build(package, repository, entry=name)
     state = "built" if built.changed else "unchanged"
     typer.echo(f"{state} {built.path} ({built.manifest.name}:{built.manifest.version})")

@@ -22,7 +22,6 @@ from turnout.manifest import CODE_DIR, Manifest
 PACKAGE_FILE = "package.json"
 SPEC_FILE = "model.yaml"
 SAMPLE_REQUEST = "sample-request.json"
-ENVIRONMENT_DIR = "environment"
 _REGISTERED = re.compile(r"^(?:azureml:)?(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*?)(?::(?P<version>\d+|latest)|@latest)?$")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from packager.build import BuiltEntry, build_entry
 from packager.inspection import Inspection, check_entry_points, inspect_package
@@ -32,9 +33,9 @@ class InspectionFailed(PackageError):
     """The script did not load in the inspecting child; ``details`` hold the model name and the log tail."""
 
 
-def stage(source: str, registry: Registry | None = None) -> StagedPackage:
+def stage(source: str, registry: Registry | None = None, overrides: dict[str, Any] | None = None) -> StagedPackage:
     """Stage SOURCE (a folder, archive, Azure YAML or registered name); the caller owns the result."""
-    return resolve_source(source, registry)
+    return resolve_source(source, registry, overrides)
 
 
 def inspect(package: StagedPackage, version: int = 1) -> Inspection:

@@ -18,9 +18,9 @@ import tarfile
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Any
 
 from packager.package import (
-    ENVIRONMENT_DIR,
     SPEC_FILE,
     StagedPackage,
     parse_reference,
@@ -36,7 +36,7 @@ from packager.spec import (
     looks_like_azure_deployment,
 )
 from turnout.errors import PackageError
-from turnout.manifest import CODE_DIR, MODELS_DIR, ScoringKind
+from turnout.manifest import CODE_DIR, ENVIRONMENT_DIR, MODELS_DIR, ScoringKind
 
 _IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".git", ".ipynb_checkpoints", ".DS_Store", ".turnout-*")
 
@@ -141,8 +141,9 @@ def from_archive(archive: Path) -> StagedPackage:
         return from_folder(root, source=str(archive.resolve()))
 
 
-def from_azure_yaml(path: Path, registry: Registry | None = None) -> StagedPackage:
-    deployment, ignored = load_azure_deployment(path)
+def from_azure_yaml(path: Path, registry: Registry | None = None,
+                    overrides: dict[str, Any] | None = None) -> StagedPackage:
+    deployment, ignored = load_azure_deployment(path, overrides)
     base = path.parent.resolve()
     if deployment.code_configuration is None:
         raise PackageError(
@@ -225,8 +226,10 @@ def _copy_registered_model(reference: str, stage: Path, registry: Registry | Non
     return entries[0].name if len(entries) == 1 else None
 
 
-def resolve_source(source: str, registry: Registry | None = None) -> StagedPackage:
-    """Stage SOURCE; the caller owns the result (use it as a context manager)."""
+def resolve_source(source: str, registry: Registry | None = None,
+                   overrides: dict[str, Any] | None = None) -> StagedPackage:
+    """Stage SOURCE; the caller owns the result (use it as a context manager). ``overrides`` (an Azure
+    YAML's keys, from -n/-e/--set) apply before anything reads the file."""
     path = Path(source).expanduser()
     if path.is_dir():
         return from_folder(path)
@@ -235,7 +238,7 @@ def resolve_source(source: str, registry: Registry | None = None) -> StagedPacka
         if lower.endswith((".tar.gz", ".tgz", ".tar", ".zip")):
             return from_archive(path)
         if looks_like_azure_deployment(path):
-            return from_azure_yaml(path, registry)
+            return from_azure_yaml(path, registry, overrides)
         if path.name == SPEC_FILE:
             return from_folder(path.parent)
         raise PackageError(f"{source}: not a package folder, archive or Azure deployment YAML")

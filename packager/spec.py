@@ -4,6 +4,7 @@ deployment YAML. Both are parsed strictly: an unknown key is an error that names
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -199,15 +200,53 @@ class AzureDeployment(BaseModel):
         return self.settings is not None
 
 
-def load_azure_deployment(path: Path) -> tuple[AzureDeployment, list[str]]:
-    """Parse an Azure deployment YAML; returns it and the Azure keys that were accepted but ignored."""
-    data = read_yaml(path)
+def apply_overrides(overrides: dict[str, Any], sets: Sequence[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` as ``az ml`` takes it (dotted keys reach nested ones; values are YAML
+    scalars), merged into ``overrides``."""
+    merged = dict(overrides)
+    for item in sets:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise PackageError(f"--set {item!r}: expected KEY=VALUE, e.g. --set instance_count=2 or "
+                               "--set environment_variables.COLOR=red")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            value = raw
+        *parents, last = key.strip().split(".")
+        node = merged
+        for part in parents:
+            node = node.setdefault(part, {}) if isinstance(node.get(part), dict) or part not in node else node[part]
+        node[last] = value
+    return merged
+
+
+def _merge(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(data)
+    for key, value in overrides.items():
+        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) \
+            else value
+    return merged
+
+
+# Keys inside sections Turnout uses that it accepts but does not act on.
+_IGNORED_NESTED = (("environment", "image"), ("environment", "inference_config"), ("environment", "build"),
+                   ("request_settings", "max_queue_wait_ms"))
+
+
+def load_azure_deployment(path: Path, overrides: dict[str, Any] | None = None) -> tuple[AzureDeployment, list[str]]:
+    """Parse an Azure deployment YAML, with command-line overrides applied first (so a templated name
+    such as ``<my-endpoint-name>`` is never read); returns it and the Azure keys accepted but ignored."""
+    data = _merge(read_yaml(path), overrides or {})
     schema = str(data.pop("$schema", ""))  # metadata, not a setting: never reported
     ignored = sorted(k for k in data if k in AZURE_IGNORED_KEYS)
+    nested = [(section, key) for section, key in _IGNORED_NESTED
+              if isinstance(data.get(section), dict) and data[section].get(key) is not None]
     batch = {k: data.pop(k) for k in list(data) if k in AZURE_BATCH_KEYS}
     resources = data.get("resources")
     for key in ignored:
         data.pop(key)
+    ignored += [f"{section}.{key}" for section, key in nested]  # accepted, kept, not acted on
     if "batchDeployment" in schema or batch or "settings" in data:
         data["settings"] = {**batch, **(data.get("settings") or {})}
         if isinstance(resources, dict) and "instance_count" in resources:

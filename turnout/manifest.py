@@ -23,6 +23,8 @@ MANIFEST_FILE = "manifest.json"
 CODE_DIR = "code"
 # AZUREML_MODEL_DIR: holds the registered model folder under its own name, or a single registered file.
 MODELS_DIR = "azureml-models"
+# The package's own requirements.txt / conda.yaml, recorded beside code/.
+ENVIRONMENT_DIR = "environment"
 
 
 class ScoringKind(str, Enum):

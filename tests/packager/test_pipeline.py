@@ -61,3 +61,24 @@ def test_ingest_inspects_registers_and_builds(make_package: PackageFactory, tmp_
     assert (done.record.ref, done.created, done.built.name) == ("m:1", True, "x.m.1")
     assert done.inspection.mode is not None and done.inspection.mode.startswith("hooks")
     assert (tmp_path / "repo" / "x.m.1" / "1" / "manifest.json").is_file()
+
+
+CONDA = """
+name: model-env
+channels: [conda-forge]
+dependencies:
+  - python=3.8
+  - scikit-learn=1.0
+  - pip:
+    - turnout-missing-dependency==1.2
+"""
+
+
+def test_a_module_the_conda_file_lists_but_the_environment_lacks_is_named(make_package: PackageFactory) -> None:
+    folder = make_package("import turnout_missing_dependency\n\ndef run(raw):\n    return raw\n",
+                          files={"conda.yaml": CONDA})
+    with pipeline.stage(str(folder)) as package, pytest.raises(pipeline.InspectionFailed) as failure:
+        pipeline.inspect(package)
+    message = failure.value.message
+    assert "No module named 'turnout_missing_dependency'" in message
+    assert "conda.yaml lists turnout-missing-dependency" in message and "serving environment" in message

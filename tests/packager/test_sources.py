@@ -112,4 +112,4 @@ def test_azure_deployment_yaml(tmp_path: Path) -> None:
         assert (staged.root / "environment" / "conda.yaml").exists()
         assert (staged.spec.instance.kind, staged.spec.instance.count) == ("gpu", 2)
         assert staged.spec.timeout_seconds == 2.5
-        assert staged.warnings == ["ignored Azure keys (not used by Turnout): scale_settings"]
+        assert staged.warnings == ["ignored Azure keys (not used by Turnout): scale_settings, environment.image"]

@@ -13,13 +13,14 @@ import hashlib
 import importlib.util
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any, cast
 
 from turnout.errors import ScriptLoadError, TurnoutError
-from turnout.manifest import CODE_DIR, MODELS_DIR, Manifest, ScoringKind
+from turnout.manifest import CODE_DIR, ENVIRONMENT_DIR, MODELS_DIR, Manifest, ScoringKind
 from turnout.scoring.azure import AzureOnlineScorer
 from turnout.scoring.base import Scorer
 from turnout.scoring.batch import BatchScorer
@@ -105,14 +106,40 @@ def import_script(path: Path, module_name: str) -> ModuleType:
     return module
 
 
-def _phase(fn: object, *args: object, script: Path, phase: str, timeout: float) -> object:
+# Import names whose distribution is called otherwise (what a requirements or conda file lists).
+_DISTRIBUTIONS = {"sklearn": "scikit-learn", "cv2": "opencv-python", "PIL": "pillow", "yaml": "pyyaml",
+                  "skimage": "scikit-image", "bs4": "beautifulsoup4", "google.protobuf": "protobuf"}
+
+
+def _declared_hint(cause: BaseException, environment_dir: Path) -> str:
+    """For a module the package's own requirements or conda file declares: say so, and why it is missing."""
+    if not isinstance(cause, ModuleNotFoundError) or not cause.name or not environment_dir.is_dir():
+        return ""
+    top = cause.name.split(".")[0]
+    wanted = {top.lower(), top.lower().replace("_", "-"), _DISTRIBUTIONS.get(top, top).lower()}
+    for declared in sorted(environment_dir.iterdir()):
+        try:
+            text = declared.read_text(encoding="utf-8", errors="replace").lower()
+        except OSError:
+            continue
+        for name in sorted(wanted):
+            if re.search(rf"(^|[\s'\"-]){re.escape(name)}($|[\s=<>!~;,\['\"])", text, re.MULTILINE):
+                return (f"; the package's {declared.name} lists {name}, but the script runs in the serving "
+                        "environment, which lacks it (per-deployment environments are not built yet): install "
+                        "it there, or vendor it into the code folder")
+    return ""
+
+
+def _phase(fn: object, *args: object, script: Path, phase: str, timeout: float,
+           environment_dir: Path | None = None) -> object:
     """Run the import or init() of a script; any failure becomes a ScriptLoadError naming file and phase."""
     try:
         return call_user(fn, *args, timeout=timeout, what=f"{phase} of {script}")  # type: ignore[arg-type]
     except TurnoutError as exc:
         cause = exc.__cause__ or exc
         log.error("%s failed during %s", script, phase, exc_info=cause)
-        raise ScriptLoadError(f"{script}: {phase} failed: {type(cause).__name__}: {cause}") from cause
+        hint = _declared_hint(cause, environment_dir) if environment_dir is not None else ""
+        raise ScriptLoadError(f"{script}: {phase} failed: {type(cause).__name__}: {cause}{hint}") from cause
 
 
 def prepare_environment(manifest: Manifest, version_dir: Path) -> Path:
@@ -139,7 +166,7 @@ def import_user_script(manifest: Manifest, version_dir: Path, entry: str) -> tup
     digest = hashlib.sha1(f"{entry}:{script}".encode()).hexdigest()[:10]
     module_name = f"turnout_script_{''.join(c if c.isalnum() else '_' for c in entry)}_{digest}"
     module = cast(ModuleType, _phase(import_script, script, module_name, script=script, phase="import",
-                                     timeout=manifest.init_timeout_seconds))
+                                     timeout=manifest.init_timeout_seconds, environment_dir=version_dir / ENVIRONMENT_DIR))
     return script, module
 
 
@@ -150,6 +177,7 @@ def load_scorer(manifest: Manifest, version_dir: Path, entry: str) -> Scorer:
     _limit_framework_threads(manifest.threads)
     init = getattr(module, "init", None)
     if callable(init):
-        _phase(init, script=script, phase="init()", timeout=manifest.init_timeout_seconds)
+        _phase(init, script=script, phase="init()", timeout=manifest.init_timeout_seconds,
+               environment_dir=Path(os.environ["AZUREML_MODEL_DIR"]).parent / ENVIRONMENT_DIR)
     log.info("%s: loaded %s as %s", entry, manifest.scoring_script, scorer.describe())
     return scorer
