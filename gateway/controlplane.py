@@ -277,6 +277,9 @@ class ControlPlane:
             self._failed(failed, previous)
             raise self._failure(failed, previous, log_tail) from None
         registered = ingested.record
+        if ingested.inspection.schemas.get("error"):
+            log.warning("deployment %s/%s: run()'s inference-schema could not be read: %s", spec.endpoint_name,
+                        spec.name, ingested.inspection.schemas["error"])
         record = self._record(spec, previous, generation, entry, registered.name, registered.version,
                               registered.content_hash, ingested.inspection.schemas)
         placement = await self.deployments.place(record)

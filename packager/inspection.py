@@ -35,7 +35,8 @@ class Inspection:
     message: str
     log: str
     advice: str | None = None
-    schemas: dict[str, Any] = field(default_factory=dict)  # {"input", "output"} from inference-schema
+    schemas: dict[str, Any] = field(default_factory=dict)  # {"input", "output"} from inference-schema,
+    # or {"error": why} when run() is decorated but its schema could not be read
 
 
 # Libraries that score a batch of rows in about the time of one row: a run() script using one of them
@@ -156,6 +157,7 @@ def _child(package_root: Path, manifest_file: Path, entry: str) -> None:
             result["schemas"] = _schemas(scorer.module)
         except Exception as exc:  # a schema that cannot be read costs the OpenAPI types, never the load
             logging.getLogger("turnout.inspect").warning("the inference-schema of run() cannot be read: %s", exc)
+            result["schemas"] = {"error": f"{type(exc).__name__}: {exc}"}
     except TurnoutError as exc:
         result = {"ok": False, "message": exc.message}
     sys.stdout.flush()

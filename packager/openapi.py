@@ -27,6 +27,11 @@ def build_document(title: str, path: str, version_dir: Path, schemas: dict[str, 
     if not schemas.get("input") and manifest.signature:
         request_schema = dict(manifest.signature.get("inputs", request_schema))
         response_schema = dict(manifest.signature.get("outputs", response_schema))
+    description = manifest.description
+    if schemas.get("error"):
+        description = (f"{description}\n\n" if description else "") + (
+            f"Note: run()'s inference-schema decorators could not be read ({schemas['error']}); this document "
+            "falls back to the package's signature or sample request.")
     sample = _sample(version_dir, manifest)
     if sample is not None and "example" not in request_schema:
         request_schema = {**request_schema, "example": sample}
@@ -34,7 +39,8 @@ def build_document(title: str, path: str, version_dir: Path, schemas: dict[str, 
         "code": {"type": "string"}, "message": {"type": "string"}}}, "request_id": {"type": "string"}}}
     return {
         "openapi": "3.0.3",
-        "info": {"title": title, "version": str(manifest.version), "description": manifest.description},
+        "info": {"title": title, "version": str(manifest.version), "description": description,
+                 **({"x-turnout-schema-error": schemas["error"]} if schemas.get("error") else {})},
         "paths": {path: {"post": {
             "summary": f"Score with {manifest.name}:{manifest.version}",
             "requestBody": {"required": True, "content": {"application/json": {"schema": request_schema}}},

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from gateway.cli import _deployment_archive
+from tests.conftest import REPO_ROOT
 from tests.gateway.conftest import deployment_yaml
 from tests.gateway.fakes import FakeNode, InProcess, inprocess, settings_for
 from tests.gateway.test_inprocess import until
@@ -177,3 +178,27 @@ async def test_a_failed_deployment_answers_without_internals_or_retry_after(tmp_
         assert answer.json()["request_id"] == answer.headers["x-request-id"]
         shown = (await gw.http.get("/admin/endpoints/shop/deployments/bad", headers=gw.admin)).json()
         assert "db password wrong" in shown["reason"]
+
+
+async def test_swagger_keeps_its_schema_types_with_relative_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """scripts/dev.sh serve passes --state .turnout/gateway: relative, as most users' paths are."""
+    monkeypatch.chdir(tmp_path)
+    settings = settings_for(Path("."), repository=Path("repository"), state_dir=Path(".turnout/gateway"))
+    async with inprocess(settings) as gw:
+        await until(lambda: gw.services.loaded)
+        await endpoint(gw)
+        code = {"code": str(REPO_ROOT / "examples" / "schema-azure"), "scoring_script": "score.py"}
+        assert (await deploy(gw, tmp_path, "typed", all_traffic=True, code_configuration=code)).status_code == 200
+        document = (await gw.http.get("/endpoints/shop/swagger.json", headers=gw.admin)).json()
+        schema = document["paths"]["/endpoints/shop/score"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert schema["properties"]["data"]["format"] == "numpy.ndarray"
+
+
+def test_a_schema_that_could_not_be_read_is_noted_in_the_document(tmp_path: Path) -> None:
+    from packager.openapi import build_document
+    from turnout.manifest import Manifest
+
+    Manifest(name="m", version=1, content_hash="x", scoring_script="score.py").write(tmp_path)
+    document = build_document("shop (typed)", "/endpoints/shop/score", tmp_path, {"error": "TypeError: bad type"})
+    assert "could not be read" in document["info"]["description"] and "TypeError: bad type" in document["info"]["description"]
+    assert document["info"]["x-turnout-schema-error"] == "TypeError: bad type"
