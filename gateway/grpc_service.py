@@ -108,6 +108,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
         except _Passthrough as exc:
             return await context.abort(exc.code, exc.details)
         setattr(response, name_field, name)
+        if resolved.kind == "model" and version_field == "model_version" and hasattr(response, "model_version"):
+            response.model_version = resolved.deployment
         if resolved.kind == "endpoint":
             await context.send_initial_metadata(((PIN, resolved.deployment),))
         return response
@@ -133,6 +135,30 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
 
     async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext) -> Any:
         return pb.ServerMetadataResponse(name="turnout", version="0.1.0", extensions=["binary_tensor_data"])
+
+
+# The rest of GRPCInferenceService is the node operator's, not a scorer's: say so instead of a bare
+# UNIMPLEMENTED (model control goes through the control plane, which places entries on nodes).
+_NOT_OFFERED = {
+    "ModelConfig": "a model's config", "ModelStatistics": "statistics", "RepositoryIndex": "the repository index",
+    "RepositoryModelLoad": "loading models", "RepositoryModelUnload": "unloading models",
+    "SystemSharedMemoryStatus": "shared memory", "SystemSharedMemoryRegister": "shared memory",
+    "SystemSharedMemoryUnregister": "shared memory", "CudaSharedMemoryStatus": "CUDA shared memory",
+    "CudaSharedMemoryRegister": "CUDA shared memory", "CudaSharedMemoryUnregister": "CUDA shared memory",
+    "TraceSetting": "trace settings", "LogSettings": "log settings",
+}
+
+
+def _not_offered(method: str, what: str) -> Any:
+    async def answer(self: InferenceService, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                            f"{method}: the gateway serves inference, metadata and readiness; {what} belongs to "
+                            "the control plane (the gateway CLI, /admin) or to the Triton nodes themselves")
+    return answer
+
+
+for _method, _what in _NOT_OFFERED.items():
+    setattr(InferenceService, _method, _not_offered(_method, _what))
 
 
 @dataclass

@@ -31,14 +31,30 @@ async def _forward(dataplane: Data, name: str, version: int | None, request: Req
     resolved = _resolve(dataplane, name, version, request, credential)  # after the body: see rest/scoring.py
     headers = {k: v for k, v in request.headers.items() if k in _PASSED_REQUEST}
     status, upstream_headers, data = await dataplane.forward(resolved, request.method, suffix, body, headers)
-    passed = {k: v for k, v in upstream_headers.items() if k.lower() in _PASSED_RESPONSE}
+    passed = {k.lower(): v for k, v in upstream_headers.items() if k.lower() in _PASSED_RESPONSE}
     if resolved.kind == "endpoint":
         passed[DEPLOYMENT_HEADER] = resolved.deployment
-    if suffix == "" and status == 200:  # metadata: name the model as the caller did
-        meta = orjson.loads(data)
-        meta["name"] = name
-        data = orjson.dumps(meta)
+    version_text = resolved.deployment if resolved.kind == "model" else None
+    if status == 200 and suffix in ("", "/infer"):
+        data = _as_called(data, passed, name, version_text, "name" if suffix == "" else "model_name")
+    elif status >= 400:  # Triton's message names its entry: name what the caller called
+        data = data.replace(resolved.target.entry.encode(), name.encode())
     return Response(data, status_code=status, headers=passed)
+
+
+def _as_called(data: bytes, headers: dict[str, str], name: str, version: str | None, key: str) -> bytes:
+    """Triton's answer, naming the model as the caller did (and its version), never the internal entry.
+    With the binary tensor extension only the JSON header before the tensors is rewritten."""
+    length = headers.get(HEADER_LENGTH.lower())
+    split = int(length) if length and length.isdigit() else len(data)
+    document = orjson.loads(data[:split])
+    document[key] = name
+    if version is not None and key == "model_name":
+        document["model_version"] = version
+    header = orjson.dumps(document)
+    if length is not None:
+        headers[HEADER_LENGTH.lower()] = str(len(header))
+    return header + data[split:]
 
 
 @router.get("")

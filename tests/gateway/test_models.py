@@ -72,6 +72,13 @@ def test_tritonclient_http_and_grpc_through_the_gateway(gateway: GatewayProcess,
         tensor.set_data_from_numpy(data)
         result = http_client.infer("onnx-classifier", [tensor], headers=gateway.admin)
         assert json.loads(result.as_numpy("BODY")[0][0])[0]["label"] == "setosa"
+        # Answers name the model as the caller did, with its version, never the internal entry.
+        assert (result.get_response()["model_name"], result.get_response()["model_version"]) == ("onnx-classifier", "1")
+        wrong = triton_http.InferInput("NOPE", [1, 1], "BYTES")
+        wrong.set_data_from_numpy(data)
+        with pytest.raises(Exception) as refused:
+            http_client.infer("onnx-classifier", [wrong], headers=gateway.admin)
+        assert "onnx-classifier-v1" not in str(refused.value) and "onnx-classifier" in str(refused.value)
         assert http_client.is_model_ready("onnx-classifier", headers=gateway.admin)
         assert http_client.get_model_metadata("onnx-classifier", headers=gateway.admin)["name"] == "onnx-classifier"
     finally:
@@ -84,8 +91,11 @@ def test_tritonclient_http_and_grpc_through_the_gateway(gateway: GatewayProcess,
         result = grpc_client.infer("onnx-classifier", [tensor], headers=auth)
         assert json.loads(result.as_numpy("BODY")[0][0])[0]["label"] == "setosa"
         assert result.get_response().model_name == "onnx-classifier"
+        assert result.get_response().model_version == "1"
         with pytest.raises(Exception, match="UNAUTHENTICATED"):
             grpc_client.infer("onnx-classifier", [tensor])
+        with pytest.raises(Exception, match="UNIMPLEMENTED.*control plane"):
+            grpc_client.get_model_repository_index(headers=auth)
     finally:
         grpc_client.close()
 
