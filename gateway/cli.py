@@ -14,16 +14,18 @@ from types import UnionType
 from typing import Annotated, Any, NoReturn, Optional, Union, get_args, get_origin
 
 import typer
+from pydantic import ValidationError
 
 from gateway.client import AdminClient
 from gateway.schemas import AZURE_ENDPOINT_IGNORED, DeploymentSpec, EndpointSpec, PackageHeader, RequestSettings
 from packager.package import PACKAGE_FILE
 from packager.registry import Registry, default_registry_root
 from packager.sources import resolve_source
-from packager.spec import apply_overrides, load_azure_deployment, read_yaml
+from packager.spec import apply_overrides, format_validation, load_azure_deployment, read_yaml
 from turnout.errors import BadInput, TurnoutError
 
-app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+app = typer.Typer(help=(__doc__ or "").replace("``", ""), no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_enable=False)
 endpoint_app = typer.Typer(help="Online endpoints: a stable scoring URL over deployments.", no_args_is_help=True)
 deployment_app = typer.Typer(help="Deployments: a model version serving behind an endpoint.", no_args_is_help=True)
 model_app = typer.Typer(help="Models in the gateway's repository.", no_args_is_help=True)
@@ -34,7 +36,7 @@ app.add_typer(model_app, name="model")
 DEFAULT_STATE = Path(".turnout/gateway")
 GatewayUrl = Annotated[str, typer.Option("--gateway-url", envvar="TURNOUT_GATEWAY_URL", help="Gateway to talk to.")]
 AdminKey = Annotated[str | None, typer.Option("--admin-key", envvar="TURNOUT_ADMIN_KEY",
-                                              help="Admin credential [default: read from the state folder].")]
+                                              help="Admin credential (default: read from the state folder).")]
 StateDir = Annotated[Path, typer.Option("--state", envvar="TURNOUT_STATE_DIR", help="Gateway state folder.")]
 Name = Annotated[str, typer.Option("--name", "-n", help="Endpoint name.")]
 EndpointName = Annotated[str, typer.Option("--endpoint-name", "-e", help="Endpoint name.")]
@@ -42,8 +44,30 @@ DeploymentName = Annotated[str, typer.Option("--name", "-n", help="Deployment na
 DEFAULT_URL = "http://127.0.0.1:8080"
 
 
-def _print(value: Any) -> None:
-    typer.echo(json.dumps(value, indent=2) if not isinstance(value, str) else value)
+Output = Annotated[str, typer.Option("--output", "-o", help="json or table, as az ml's -o.")]
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    """Scalar columns of the first row (nested values are shown by -o json)."""
+    if not rows:
+        return "(none)"
+    columns = [k for k, v in rows[0].items() if v is None or isinstance(v, (str, int, float, bool))]
+    cells = [[("" if row.get(c) is None else str(row.get(c))) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _print(value: Any, output: str = "json") -> None:
+    if isinstance(value, str):
+        typer.echo(value)
+    elif output == "table":
+        typer.echo(_table(value if isinstance(value, list) else [value]))
+    elif output == "json":
+        typer.echo(json.dumps(value, indent=2))
+    else:
+        _fail(f"-o {output!r}: use json or table", 2)
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
@@ -158,8 +182,8 @@ def endpoint_create(
                     fg=typer.colors.YELLOW, err=True)
     try:
         spec = EndpointSpec.model_validate(spec_data)
-    except ValueError as exc:
-        _fail(f"{file}: {exc}", 2)
+    except ValidationError as exc:
+        _fail(format_validation(exc, file), 2)
     _print(_client(gateway_url, admin_key, state).post("/admin/endpoints", spec.model_dump()))
 
 
@@ -183,14 +207,16 @@ def endpoint_update(
 
 @endpoint_app.command("show")
 def endpoint_show(name: Name, gateway_url: GatewayUrl = DEFAULT_URL, admin_key: AdminKey = None,
-                  state: StateDir = DEFAULT_STATE) -> None:
-    _print(_client(gateway_url, admin_key, state).get(f"/admin/endpoints/{name}"))
+                  state: StateDir = DEFAULT_STATE, output: Output = "json") -> None:
+    """Show an endpoint: auth mode, traffic, mirror traffic, scoring and OpenAPI URLs, deployments."""
+    _print(_client(gateway_url, admin_key, state).get(f"/admin/endpoints/{name}"), output)
 
 
 @endpoint_app.command("list")
 def endpoint_list(gateway_url: GatewayUrl = DEFAULT_URL, admin_key: AdminKey = None,
-                  state: StateDir = DEFAULT_STATE) -> None:
-    _print(_client(gateway_url, admin_key, state).get("/admin/endpoints"))
+                  state: StateDir = DEFAULT_STATE, output: Output = "json") -> None:
+    """List the gateway's endpoints."""
+    _print(_client(gateway_url, admin_key, state).get("/admin/endpoints"), output)
 
 
 @endpoint_app.command("delete")
@@ -213,6 +239,7 @@ def endpoint_regenerate(
     name: Name, key_type: Annotated[str, typer.Option(help="primary or secondary")] = "primary",
     gateway_url: GatewayUrl = DEFAULT_URL, admin_key: AdminKey = None, state: StateDir = DEFAULT_STATE,
 ) -> None:
+    """Replace an endpoint's primary or secondary key (the other keeps working meanwhile)."""
     _print(_client(gateway_url, admin_key, state).post(f"/admin/endpoints/{name}/regenerate-keys",
                                                        {"key_type": key_type}))
 
@@ -225,9 +252,11 @@ def endpoint_invoke(
     gateway_url: GatewayUrl = DEFAULT_URL, admin_key: AdminKey = None, state: StateDir = DEFAULT_STATE,
 ) -> None:
     """Score a request on the endpoint; prints the answer (the serving deployment goes to stderr)."""
-    status, deployment, body = _client(gateway_url, admin_key, state).invoke(
-        name, request_file.read_bytes(), deployment_name
-    )
+    try:
+        body_bytes = request_file.read_bytes()
+    except OSError as exc:
+        _fail(f"--request-file {request_file}: {exc.strerror or exc}", 2)
+    status, deployment, body = _client(gateway_url, admin_key, state).invoke(name, body_bytes, deployment_name)
     typer.echo(f"served by: {deployment}", err=True)
     typer.echo(body)
     if status >= 400:
@@ -314,19 +343,22 @@ def deployment_update(
 
 @deployment_app.command("show")
 def deployment_show(name: DeploymentName, endpoint_name: EndpointName, gateway_url: GatewayUrl = DEFAULT_URL,
-                    admin_key: AdminKey = None, state: StateDir = DEFAULT_STATE) -> None:
-    _print(_client(gateway_url, admin_key, state).get(f"/admin/endpoints/{endpoint_name}/deployments/{name}"))
+                    admin_key: AdminKey = None, state: StateDir = DEFAULT_STATE, output: Output = "json") -> None:
+    """Show a deployment: model, generation, nodes, state (and why, when it failed)."""
+    _print(_client(gateway_url, admin_key, state).get(f"/admin/endpoints/{endpoint_name}/deployments/{name}"), output)
 
 
 @deployment_app.command("list")
 def deployment_list(endpoint_name: EndpointName, gateway_url: GatewayUrl = DEFAULT_URL,
-                    admin_key: AdminKey = None, state: StateDir = DEFAULT_STATE) -> None:
-    _print(_client(gateway_url, admin_key, state).get(f"/admin/endpoints/{endpoint_name}/deployments"))
+                    admin_key: AdminKey = None, state: StateDir = DEFAULT_STATE, output: Output = "json") -> None:
+    """List an endpoint's deployments."""
+    _print(_client(gateway_url, admin_key, state).get(f"/admin/endpoints/{endpoint_name}/deployments"), output)
 
 
 @deployment_app.command("delete")
 def deployment_delete(name: DeploymentName, endpoint_name: EndpointName, gateway_url: GatewayUrl = DEFAULT_URL,
                       admin_key: AdminKey = None, state: StateDir = DEFAULT_STATE) -> None:
+    """Delete a deployment that takes no traffic (shift its traffic to 0 first)."""
     _client(gateway_url, admin_key, state).delete(f"/admin/endpoints/{endpoint_name}/deployments/{name}")
     typer.echo(f"deleted deployment {endpoint_name}/{name}")
 
@@ -344,9 +376,9 @@ def deployment_logs(
 
 @model_app.command("list")
 def model_list(gateway_url: GatewayUrl = DEFAULT_URL, admin_key: AdminKey = None,
-               state: StateDir = DEFAULT_STATE) -> None:
+               state: StateDir = DEFAULT_STATE, output: Output = "json") -> None:
     """Every model in the repository with its state (ready, loading, failed + reason)."""
-    _print(_client(gateway_url, admin_key, state).get("/models"))
+    _print(_client(gateway_url, admin_key, state).get("/models"), output)
 
 
 def main() -> None:

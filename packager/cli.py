@@ -18,11 +18,12 @@ from packager.spec import apply_overrides
 from packager.testing import request_body_for, run_package_test
 from turnout.errors import TurnoutError
 
-app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+app = typer.Typer(help=(__doc__ or "").replace("``", ""), no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_enable=False)
 
 RegistryOption = Annotated[
     Path | None,
-    typer.Option("--registry", help="Registry folder [default: $TURNOUT_REGISTRY, else ~/.turnout/registry]."),
+    typer.Option("--registry", help="Registry folder (default: $TURNOUT_REGISTRY, else ~/.turnout/registry)."),
 ]
 SourceArgument = Annotated[
     str, typer.Argument(help="Package folder, .tar.gz/.zip, Azure deployment YAML, or registered name[:version].")
@@ -48,7 +49,7 @@ def _stage(source: str, registry: Path | None, sets: list[str] | None = None) ->
 @app.command()
 def init(
     directory: Annotated[Path, typer.Argument(help="Folder to create the package in.")],
-    name: Annotated[str | None, typer.Option(help="Model name [default: the folder's name].")] = None,
+    name: Annotated[str | None, typer.Option(help="Model name (default: the folder's name).")] = None,
 ) -> None:
     """Scaffold a package: score.py with hooks, a tiny model, model.yaml and sample-request.json."""
     for path in scaffold(directory, name):
@@ -77,8 +78,8 @@ def _advise(result: Inspection | None) -> None:
 @app.command()
 def register(
     source: SourceArgument,
-    name: Annotated[str | None, typer.Option(help="Model name [default: from model.yaml or the folder].")] = None,
-    version: Annotated[int | None, typer.Option(help="Version to create [default: next].", min=1)] = None,
+    name: Annotated[str | None, typer.Option(help="Model name (default: from model.yaml or the folder).")] = None,
+    version: Annotated[int | None, typer.Option(help="Version to create (default: next).", min=1)] = None,
     tag: Annotated[list[str] | None, typer.Option(help="Tag as key=value; repeatable.")] = None,
     description: Annotated[str | None, typer.Option(help="Description.")] = None,
     skip_validation: Annotated[bool, typer.Option(help="Register without loading the script first.")] = False,
@@ -134,7 +135,7 @@ def build(
     repository: Annotated[Path, typer.Option("--repository", "-r", help="Triton model repository.")] = Path(
         "model_repository"
     ),
-    name: Annotated[str | None, typer.Option("--name", help="Entry name [default: NAME-vVERSION].")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Entry name (default: NAME-vVERSION).")] = None,
     registry: RegistryOption = None,
     set_: SetOption = None,
 ) -> None:
@@ -148,7 +149,7 @@ def build(
 @app.command("test")
 def test_(
     source: SourceArgument,
-    request_file: Annotated[Path | None, typer.Option(help="Request body [default: sample-request.json].")] = None,
+    request_file: Annotated[Path | None, typer.Option(help="Request body (default: sample-request.json).")] = None,
     content_type: Annotated[str, typer.Option(help="Content-Type of the request.")] = "application/json",
     registry: RegistryOption = None,
 ) -> None:

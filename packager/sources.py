@@ -34,6 +34,7 @@ from packager.spec import (
     load_azure_deployment,
     load_package_spec,
     looks_like_azure_deployment,
+    read_yaml,
 )
 from turnout.errors import PackageError
 from turnout.manifest import CODE_DIR, ENVIRONMENT_DIR, MODELS_DIR, ScoringKind
@@ -75,8 +76,13 @@ def _copy_code(code_dir: Path, stage: Path, skip: list[Path]) -> None:
 
 
 def _check_script(stage: Path, spec: PackageSpec, code_dir: Path) -> None:
-    if not (stage / CODE_DIR / spec.scoring_script).is_file():
-        raise PackageError(f"scoring script {spec.scoring_script!r} not found in {code_dir}")
+    if (stage / CODE_DIR / spec.scoring_script).is_file():
+        return
+    deployments = sorted(p.name for p in code_dir.glob("*.y*ml") if looks_like_azure_deployment(p))
+    if deployments:  # a folder of Azure deployment files, as Azure's examples ship them
+        raise PackageError(f"{code_dir} has no {spec.scoring_script}; it holds Azure deployment YAML files "
+                           f"({', '.join(deployments)}): give one of them, e.g. {code_dir / deployments[0]}")
+    raise PackageError(f"scoring script {spec.scoring_script!r} not found in {code_dir}")
 
 
 def _record_environment(stage: Path, files: list[Path]) -> None:
@@ -241,6 +247,10 @@ def resolve_source(source: str, registry: Registry | None = None,
             return from_azure_yaml(path, registry, overrides)
         if path.name == SPEC_FILE:
             return from_folder(path.parent)
+        if lower.endswith((".yml", ".yaml")):
+            read_yaml(path)  # an unfilled {{template}} or a typo: its own YAML error, with the line
+            raise PackageError(f"{source}: not an Azure deployment YAML (it has none of code_configuration, "
+                               "endpoint_name, model), nor a package's model.yaml")
         raise PackageError(f"{source}: not a package folder, archive or Azure deployment YAML")
     if registry is not None and parse_reference(source) and os.sep not in source:
         return registry.stage(source)

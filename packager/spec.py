@@ -93,7 +93,7 @@ def kind_for_instance_type(instance_type: str) -> InstanceKind:
     return InstanceKind.gpu if _GPU_SKU.match(instance_type) or instance_type.lower() == "gpu" else InstanceKind.cpu
 
 
-def _format_validation(error: ValidationError, source: Path) -> str:
+def format_validation(error: ValidationError, source: Path) -> str:
     lines = []
     for item in error.errors():
         where = ".".join(str(p) for p in item["loc"]) or "(top level)"
@@ -120,7 +120,7 @@ def load_package_spec(path: Path) -> PackageSpec:
     try:
         spec = PackageSpec.model_validate(read_yaml(path))
     except ValidationError as exc:
-        raise PackageError(_format_validation(exc, path)) from None
+        raise PackageError(format_validation(exc, path)) from None
     if spec.instance_type:
         spec.instance.kind = kind_for_instance_type(spec.instance_type)
     return spec
@@ -254,7 +254,7 @@ def load_azure_deployment(path: Path, overrides: dict[str, Any] | None = None) -
     try:
         return AzureDeployment.model_validate(data), ignored
     except ValidationError as exc:
-        raise PackageError(_format_validation(exc, path)) from None
+        raise PackageError(format_validation(exc, path)) from None
 
 
 def looks_like_azure_deployment(path: Path) -> bool:

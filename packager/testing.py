@@ -28,10 +28,15 @@ class TestOutcome:
 def request_body_for(package: StagedPackage, request_file: Path | None) -> bytes:
     if request_file is not None:
         return bytes(request_file.read_bytes())
-    sample = package.root / CODE_DIR / SAMPLE_REQUEST
-    if sample.is_file():
-        return sample.read_bytes()
-    raise PackageError(f"no --request-file given and the package has no {SAMPLE_REQUEST}")
+    candidates = [package.root / CODE_DIR / SAMPLE_REQUEST]
+    source = Path(package.source)
+    if source.suffix.lower() in (".yml", ".yaml"):  # Azure's examples keep it beside the deployment YAML
+        candidates.append(source.parent / SAMPLE_REQUEST)
+    for sample in candidates:
+        if sample.is_file():
+            return sample.read_bytes()
+    raise PackageError(f"no --request-file given and no {SAMPLE_REQUEST} in the package"
+                       + (f" or beside {source.name}" if len(candidates) > 1 else ""))
 
 
 def _tail(path: Path, lines: int = 40) -> str:

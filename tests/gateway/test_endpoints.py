@@ -141,6 +141,13 @@ def test_deleting_a_deployment_with_traffic_is_refused(rollout: GatewayProcess) 
     assert result.returncode != 0 and "takes 100% of traffic" in result.stderr
 
 
+def test_lists_print_as_tables_with_o_table(rollout: GatewayProcess) -> None:
+    lines = rollout.cli("deployment", "list", "-e", "rollout", "-o", "table").stdout.splitlines()
+    assert lines[0].split()[:2] == ["NAME", "ENDPOINT_NAME"] and "STATE" in lines[0]
+    assert sorted(line.split()[0] for line in lines[1:]) == ["blue", "green"]
+    assert json.loads(rollout.cli("endpoint", "show", "-n", "rollout", "-o", "json").stdout)["name"] == "rollout"
+
+
 def test_key_auth(rollout: GatewayProcess) -> None:
     primary, secondary = rollout.keys("rollout")
     assert score(rollout, primary).status_code == 200
