@@ -87,14 +87,10 @@ def register(
     set_: SetOption = None,
 ) -> None:
     """Register an immutable name:version (the same content twice gives the same version)."""
-    tags = {}
-    for item in tag or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            _fail(f"--tag {item!r}: expected key=value")
-        tags[key] = value
+    tags = _tag_pairs(tag)
     reg = Registry(default_registry_root(registry))
     with _stage(source, registry, set_) as package:
+        before = {r.content_hash: r.tags for r in reg.versions(name or package.name)}
         try:
             record, created, inspection = pipeline.register(
                 package, reg, validate=not skip_validation, name=name, version=version, tags=tags,
@@ -105,6 +101,36 @@ def register(
         _advise(inspection)
     verb = "registered" if created else "already registered (same content)"
     typer.echo(f"{verb} {record.ref} {record.content_hash}")
+    if not created:
+        added = {k: v for k, v in record.tags.items() if before.get(record.content_hash, {}).get(k) != v}
+        if added:
+            typer.echo(f"tags added: {_tags(added)} (content never changes; tags may: packager update)")
+
+
+def _tags(tags: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in tags.items()) or "none"
+
+
+def _tag_pairs(items: list[str] | None) -> dict[str, str]:
+    tags = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            _fail(f"--tag {item!r}: expected key=value")
+        tags[key] = value
+    return tags
+
+
+@app.command()
+def update(
+    reference: Annotated[str, typer.Argument(help="name:version")],
+    tag: Annotated[list[str] | None, typer.Option(help="Tag as key=value to set; repeatable.")] = None,
+    remove_tag: Annotated[list[str] | None, typer.Option(help="Tag key to remove; repeatable.")] = None,
+    registry: RegistryOption = None,
+) -> None:
+    """Change the tags of a registered version (its content never changes), as az ml model update --set tags."""
+    record = Registry(default_registry_root(registry)).update_tags(reference, _tag_pairs(tag), remove_tag or [])
+    typer.echo(f"{record.ref} tags: {_tags(record.tags)}")
 
 
 @app.command("list")

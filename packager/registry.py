@@ -11,7 +11,7 @@ import fcntl
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -129,7 +129,8 @@ class Registry:
             existing = self.versions(name)
             for record in existing:
                 if record.content_hash == content_hash and requested in (None, record.version):
-                    return record, False
+                    added = {k: v for k, v in (tags or {}).items() if record.tags.get(k) != v}
+                    return (self._retag(record, {**record.tags, **added}) if added else record), False
             if requested is not None and any(r.version == requested for r in existing):
                 raise Conflict(
                     f"{name}:{requested} is already registered with other content; versions are never "
@@ -149,6 +150,25 @@ class Registry:
             )
             self._write(package, record)
             return record, True
+
+    def update_tags(self, reference: str, set_tags: dict[str, str], remove: Sequence[str]) -> PackageRecord:
+        """Tags change on an existing version (as Azure lets them); its content never does."""
+        with self._locked():
+            record = self.resolve(reference)
+            unknown = [k for k in remove if k not in record.tags]
+            if unknown:
+                raise NotFound(f"{record.ref} has no tag {', '.join(unknown)} (tags: {', '.join(record.tags) or 'none'})")
+            tags = {k: v for k, v in record.tags.items() if k not in remove} | set_tags
+            return self._retag(record, tags)
+
+    def _retag(self, record: PackageRecord, tags: dict[str, str]) -> PackageRecord:
+        """Rewrite only the record's package.json, atomically (the caller holds the lock)."""
+        updated = record.model_copy(update={"tags": tags})
+        target = self.path_of(record) / PACKAGE_FILE
+        staged = target.with_suffix(".tmp")
+        staged.write_text(updated.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        os.replace(staged, target)
+        return updated
 
     def _write(self, package: StagedPackage, record: PackageRecord) -> None:
         final = self.path_of(record)

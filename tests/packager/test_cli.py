@@ -83,3 +83,16 @@ def test_packager_test_serves_on_real_triton(tmp_path: Path) -> None:
     broken = packager("test", str(FIXTURES / "broken" / "init_raises"), "--request-file", str(tmp_path / "bad.json"),
                       registry=tmp_path, check=False)
     assert broken.returncode == 1 and "boom in init" in broken.stderr
+
+
+def test_tags_change_on_an_existing_version_and_content_never_does(tmp_path: Path) -> None:
+    registry, pkg = tmp_path / "reg", tmp_path / "iris"
+    packager("init", str(pkg), registry=registry)
+    packager("register", str(pkg), "--tag", "stage=dev", "--skip-validation", registry=registry)
+    again = packager("register", str(pkg), "--tag", "owner=fraud", "--skip-validation", registry=registry).stdout
+    assert "already registered (same content) iris:1" in again and "tags added: owner=fraud" in again
+    assert json.loads(packager("show", "iris:1", registry=registry).stdout)["tags"] == {"stage": "dev", "owner": "fraud"}
+    updated = packager("update", "iris:1", "--tag", "stage=prod", "--remove-tag", "owner", registry=registry).stdout
+    assert "iris:1 tags: stage=prod" in updated
+    shown = json.loads(packager("show", "iris:1", registry=registry).stdout)
+    assert shown["tags"] == {"stage": "prod"} and shown["version"] == 1
