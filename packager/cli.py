@@ -14,7 +14,8 @@ from packager.inspection import Inspection, inspect_package
 from packager.package import StagedPackage
 from packager.registry import Registry, default_registry_root
 from packager.scaffold import scaffold
-from packager.spec import apply_overrides
+from packager.sources import bare_model
+from packager.spec import apply_overrides, load_azure_model
 from packager.testing import request_body_for, run_package_test
 from turnout.errors import TurnoutError
 
@@ -131,6 +132,43 @@ def update(
     """Change the tags of a registered version (its content never changes), as az ml model update --set tags."""
     record = Registry(default_registry_root(registry)).update_tags(reference, _tag_pairs(tag), remove_tag or [])
     typer.echo(f"{record.ref} tags: {_tags(record.tags)}")
+
+
+model_app = typer.Typer(help="Bare models, as az ml model registers them (deployments name them azureml:NAME:VERSION).",
+                        no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+
+@model_app.command("create")
+def model_create(
+    file: Annotated[Path, typer.Option("--file", "-f", help="Azure ML model YAML (name, version, path, ...).")],
+    registry: RegistryOption = None,
+) -> None:
+    """Register a model folder or file with no code, from Azure's model YAML (as az ml model create)."""
+    spec = load_azure_model(file)
+    model_path = (file.parent / spec.path).resolve()
+    with bare_model(model_path, spec.name, str(file.resolve())) as package:
+        record, created = Registry(default_registry_root(registry)).register(
+            package, version=spec.version, tags=spec.tags, description=spec.description, asset="model")
+    verb = "registered model" if created else "already registered (same content)"
+    typer.echo(f"{verb} {record.ref} {record.content_hash}")
+
+
+@model_app.command("list")
+def model_list(registry: RegistryOption = None) -> None:
+    """List registered bare models."""
+    records = [r for r in Registry(default_registry_root(registry)).list() if r.asset == "model"]
+    for r in records:
+        typer.echo(f"{r.name:<28} {r.version:>7}  {r.created:%Y-%m-%d %H:%M:%S}  {_tags(r.tags)}")
+    if not records:
+        typer.echo("no registered models")
+
+
+@model_app.command("show")
+def model_show(reference: Annotated[str, typer.Argument(help="name or name:version")],
+               registry: RegistryOption = None) -> None:
+    """Show one registered model as JSON."""
+    typer.echo(json.dumps(Registry(default_registry_root(registry)).resolve(reference).model_dump(mode="json"), indent=2))
 
 
 @app.command("list")

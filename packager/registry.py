@@ -45,6 +45,7 @@ class PackageRecord(BaseModel):
     source: str = ""
     model_name: str | None = None
     spec: PackageSpec
+    asset: str = Field(default="package", description="package (code + model), or model (Azure's bare model)")
 
     @property
     def ref(self) -> str:
@@ -119,6 +120,7 @@ class Registry:
         version: int | None = None,
         tags: dict[str, str] | None = None,
         description: str | None = None,
+        asset: str = "package",
     ) -> tuple[PackageRecord, bool]:
         """Register a staged package. Returns the record and whether it is new (False: same content
         was already registered under that name, and that version is returned)."""
@@ -147,6 +149,7 @@ class Registry:
                 source=package.source,
                 model_name=package.model_name,
                 spec=package.spec.model_copy(update={"name": name, "version": new_version}),
+                asset=asset,
             )
             self._write(package, record)
             return record, True

@@ -131,6 +131,17 @@ def safe_extract(archive: Path, target: Path) -> None:
         raise PackageError(f"{archive}: cannot be extracted as a {kind} archive (incomplete or damaged?): {exc}") from None
 
 
+def bare_model(model: Path, name: str, source: str) -> StagedPackage:
+    """A model with no code (Azure's ``az ml model create``): staged as ``azureml-models/<its name>``."""
+    stage, tmp = _new_stage()
+    try:
+        model_name = _copy_model(model, stage)
+    except BaseException:
+        tmp.cleanup()
+        raise
+    return StagedPackage(stage, name, PackageSpec(name=name), model_name, source, _tmp=tmp)
+
+
 def from_archive(archive: Path) -> StagedPackage:
     with tempfile.TemporaryDirectory(prefix="turnout-archive-") as tmp:
         target = Path(tmp)

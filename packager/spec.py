@@ -154,6 +154,35 @@ class AzureModel(Strict):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
+class AzureModelFile(Strict):
+    """Azure ML's model YAML (``az ml model create -f model.yml``): a bare model, no code."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    name: str
+    path: str
+    version: int | None = Field(default=None, ge=1)
+    type: str = Field(default="custom_model", description="custom_model, mlflow_model or triton_model (recorded).")
+    description: str = ""
+    tags: dict[str, str] = Field(default_factory=dict)
+    properties: dict[str, Any] = Field(default_factory=dict)
+    stage: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        return check_name(value, "model name")
+
+
+def load_azure_model(path: Path) -> AzureModelFile:
+    data = read_yaml(path)
+    data.pop("$schema", None)
+    try:
+        return AzureModelFile.model_validate(data)
+    except ValidationError as exc:
+        raise PackageError(format_validation(exc, path)) from None
+
+
 class AzureCode(Strict):
     code: str = "."
     scoring_script: str

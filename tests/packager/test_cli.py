@@ -96,3 +96,23 @@ def test_tags_change_on_an_existing_version_and_content_never_does(tmp_path: Pat
     assert "iris:1 tags: stage=prod" in updated
     shown = json.loads(packager("show", "iris:1", registry=registry).stdout)
     assert shown["tags"] == {"stage": "prod"} and shown["version"] == 1
+
+
+def test_a_bare_model_registered_as_azure_does_serves_a_deployment_that_names_it(tmp_path: Path, examples_ready: Path) -> None:
+    """Azure's *-with-registered-assets.yml: `az ml model create -f model.yml`, then `model: azureml:NAME:1`."""
+    registry, sklearn = tmp_path / "reg", examples_ready / "sklearn-azure"
+    (tmp_path / "model.yml").write_text(
+        "$schema: https://azuremlschemas.azureedge.net/latest/model.schema.json\n"
+        f"name: sk-model\nversion: 1\npath: {sklearn / 'model'}\ntype: custom_model\n"
+        "description: regression\ntags: {team: fraud}\n")
+    created = packager("model", "create", "-f", str(tmp_path / "model.yml"), registry=registry).stdout
+    assert "registered model sk-model:1" in created
+    assert "sk-model" in packager("model", "list", registry=registry).stdout
+    shown = json.loads(packager("model", "show", "sk-model:1", registry=registry).stdout)
+    assert (shown["tags"], shown["description"], shown["model_name"]) == ({"team": "fraud"}, "regression", "model")
+    (tmp_path / "deployment.yml").write_text(
+        "name: blue\nendpoint_name: my-endpoint\nmodel: azureml:sk-model:1\n"
+        f"code_configuration:\n  code: {sklearn / 'onlinescoring'}\n  scoring_script: score.py\n")
+    assert "loads as azure-online" in packager("validate", str(tmp_path / "deployment.yml"), registry=registry).stdout
+    missing = packager("model", "create", "-f", str(tmp_path / "deployment.yml"), registry=registry, check=False)
+    assert missing.returncode == 2 and "unknown key" in missing.stderr
