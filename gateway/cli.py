@@ -9,6 +9,8 @@ import json
 import logging
 import sys
 import tarfile
+import threading
+import time
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, NoReturn, Optional, Union, get_args, get_origin
@@ -312,8 +314,33 @@ def _put_deployment(file: Path, name: str | None, endpoint_name: str | None, all
                     client: AdminClient, sets: list[str] | None = None) -> None:
     spec, archive = _deployment_archive(file, name, endpoint_name, sets)
     typer.echo(f"deploying {spec.endpoint_name}/{spec.name} ({len(archive) / 1e6:.1f} MB) ...", err=True)
-    _print(client.put_archive(f"/admin/endpoints/{spec.endpoint_name}/deployments/{spec.name}", archive,
-                              {"all_traffic": str(all_traffic).lower()}))
+    done = threading.Event()
+    watcher = threading.Thread(target=_show_progress, args=(client, spec, done), daemon=True)
+    watcher.start()
+    try:
+        answer = client.put_archive(f"/admin/endpoints/{spec.endpoint_name}/deployments/{spec.name}", archive,
+                                    {"all_traffic": str(all_traffic).lower()})
+    finally:
+        done.set()
+        watcher.join(2)
+    _print(answer)
+
+
+def _show_progress(client: AdminClient, spec: DeploymentSpec, done: threading.Event) -> None:
+    """While the gateway makes the deployment: its provisioning state, as it changes, with the time."""
+    started, last = time.monotonic(), None
+    path = f"/admin/endpoints/{spec.endpoint_name}/deployments/{spec.name}"
+    watching = AdminClient(client.url, client.admin_key, timeout=5)
+    while not done.wait(0.1 if last is None else 1.0):
+        try:
+            shown = watching.get(path)
+        except TurnoutError:
+            continue
+        now = (shown.get("provisioning_state"), shown.get("state"), shown.get("reason"))
+        if now != last:
+            reason = f" ({now[2]})" if now[2] else ""
+            typer.echo(f"  {time.monotonic() - started:5.1f} s  {now[0]}: {now[1]}{reason}", err=True)
+            last = now
 
 
 @deployment_app.command("create")

@@ -24,6 +24,7 @@ def _raise_for(response: httpx.Response) -> None:
 class AdminClient:
     def __init__(self, url: str, admin_key: str, timeout: float = 900.0) -> None:
         self.url = url.rstrip("/")
+        self.admin_key = admin_key
         self._http = httpx.Client(base_url=self.url, timeout=timeout,
                                   headers={"Authorization": f"Bearer {admin_key}"})
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import tempfile
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,8 +35,10 @@ from turnout.errors import BadInput, Conflict, DeploymentFailed, NotFound
 
 log = logging.getLogger("turnout.gateway.control")
 MAX_MIRROR_PERCENT = 50
+CHANGE_WAIT_SECONDS = 2.0
 # Azure's provisioning states for a deployment, from its entry's state.
 _PROVISIONING = {EntryState.ready.value: "Succeeded", EntryState.failed.value: "Failed"}
+CREATING = "creating"  # a first deployment's record while it is being made
 
 
 class ControlPlane:
@@ -43,6 +48,25 @@ class ControlPlane:
         self.deployments, self.fleet, self.settings = deployments, fleet, settings
         self.base_url = base_url
         self.lock = asyncio.Lock()  # one control-plane change at a time
+        self._busy = ("", 0.0)  # what the change under way is doing, and since when
+        self._provisioning: dict[tuple[str, str], str] = {}  # Azure's Creating / Updating, while under way
+
+    @asynccontextmanager
+    async def _change(self, doing: str = "another change") -> AsyncIterator[None]:
+        """One change at a time; a change that would wait long is refused at once, saying what it waits for
+        (a deployment takes as long as its model takes to load)."""
+        try:
+            await asyncio.wait_for(self.lock.acquire(), CHANGE_WAIT_SECONDS)
+        except TimeoutError:
+            what, since = self._busy
+            raise Conflict(f"the gateway is busy with another change: {what} (for {time.monotonic() - since:.0f} s); "
+                           "try again when it is done") from None
+        self._busy = (doing, time.monotonic())
+        try:
+            yield
+        finally:
+            self._busy = ("", 0.0)
+            self.lock.release()
 
     # --- views ---
     def _endpoint(self, name: str) -> EndpointRecord:
@@ -90,7 +114,8 @@ class ControlPlane:
             "pool": record.pool,
             "nodes": [n.name for n in placement.nodes] if placement else record.nodes,
             "state": state,
-            "provisioning_state": _PROVISIONING.get(state, "Updating"),
+            "provisioning_state": self._provisioning.get((record.endpoint, record.name))
+            or _PROVISIONING.get(state, "Creating" if record.state == CREATING else "Updating"),
             "reason": placement.reason if placement else record.reason,
             "description": record.description,
             "tags": record.tags,
@@ -127,7 +152,7 @@ class ControlPlane:
         self._check_auth_mode(spec.auth_mode)
         if spec.traffic and any(spec.traffic.values()) or any(spec.mirror_traffic.values()):
             raise BadInput("a new endpoint has no deployments yet: leave traffic out, or set it to 0")
-        async with self.lock:
+        async with self._change():
             if self.state.endpoint(spec.name) is not None:
                 raise Conflict(f"endpoint {spec.name!r} already exists (use 'gateway endpoint update')")
             keys = [new_key(), new_key()]
@@ -142,7 +167,7 @@ class ControlPlane:
         return self.endpoint_view(record)
 
     async def update_endpoint(self, name: str, update: EndpointUpdate) -> dict[str, Any]:
-        async with self.lock:
+        async with self._change():
             record = self._endpoint(name)
             traffic = record.traffic if update.traffic is None else dict(update.traffic)
             mirror = record.mirror_traffic if update.mirror_traffic is None else dict(update.mirror_traffic)
@@ -197,7 +222,7 @@ class ControlPlane:
             raise Conflict(f"deployment {deployment!r} is {state}{reason}; it cannot take {label}")
 
     async def delete_endpoint(self, name: str) -> None:
-        async with self.lock:
+        async with self._change():
             self._endpoint(name)
             deployments = self.state.deployments(name)
             with self.state.transaction() as db:
@@ -224,7 +249,7 @@ class ControlPlane:
                 "expiryTimeUtc": expiry.isoformat(), "refreshAfterTimeUtc": refresh.isoformat()}
 
     async def regenerate_key(self, name: str, key_type: str) -> dict[str, Any]:
-        async with self.lock:
+        async with self._change():
             record = self._endpoint(name)
             index = 0 if key_type == "primary" else 1
             key = new_key()
@@ -254,7 +279,8 @@ class ControlPlane:
             (package_root / "deployment.json").unlink()
             package = StagedPackage(package_root, header.name, PackageSpec.model_validate(header.spec),
                                     header.model_name, header.source)
-            async with self.lock:
+            doing = "updated" if self.state.deployment(endpoint, deployment) else "created"
+            async with self._change(f"deployment {spec.name!r} of endpoint {spec.endpoint_name!r} is being {doing}"):
                 return await self._deploy(spec, package, all_traffic)
 
     async def _deploy(self, spec: DeploymentSpec, package: StagedPackage, all_traffic: bool) -> dict[str, Any]:
@@ -262,6 +288,20 @@ class ControlPlane:
         previous = self.state.deployment(spec.endpoint_name, spec.name)
         generation = previous.generation + 1 if previous else 1
         entry = deployment_entry(spec.endpoint_name, spec.name, generation)
+        key = (spec.endpoint_name, spec.name)
+        self._provisioning[key] = "Updating" if previous else "Creating"
+        try:
+            return await self._make(spec, package, all_traffic, endpoint, previous, generation, entry)
+        finally:
+            self._provisioning.pop(key, None)
+
+    async def _make(self, spec: DeploymentSpec, package: StagedPackage, all_traffic: bool, endpoint: EndpointRecord,
+                    previous: DeploymentRecord | None, generation: int, entry: str) -> dict[str, Any]:
+        if previous is None:  # visible while it is made: listed, shown as Creating, pinned requests told so
+            placeholder = self._record(spec, None, generation, entry, "", 0, "", {})
+            placeholder.state, placeholder.reason = CREATING, "being created: inspecting, registering, loading"
+            with self.state.transaction() as db:
+                self.state.put_deployment(db, placeholder)
         try:
             ingested = await asyncio.to_thread(
                 pipeline.ingest, package, self.registry, self.settings.deployments_repository, lambda _: entry,
@@ -340,7 +380,7 @@ class ControlPlane:
         )
 
     async def delete_deployment(self, endpoint: str, name: str) -> None:
-        async with self.lock:
+        async with self._change():
             self._deployment(endpoint, name)  # 404 names the known deployments
             endpoint_record = self._endpoint(endpoint)
             if endpoint_record.traffic.get(name, 0) > 0:

@@ -40,8 +40,9 @@ class Deployments:
 
     async def place(self, record: DeploymentRecord) -> DeploymentEntry:
         """Load the record's entry on nodes of its pool; the entry ends ready, or failed with why."""
+        doing = "being created: " if record.state == "creating" else ""
         entry = DeploymentEntry(name=record.entry, endpoint=record.endpoint, deployment=record.name,
-                                state=EntryState.loading)
+                                state=EntryState.loading, reason=f"{doing}loading on its nodes")
         self.entries.put(entry)
         try:
             record.pool = pool_for_instance_type(record.instance_type, self.settings.instance_type_pools,
@@ -71,7 +72,13 @@ class Deployments:
         """Place every deployment the state holds (a restart), and remove generations nothing refers to."""
         records = self.state.deployments()
         for record in records:
-            if record.state == EntryState.failed and not (self.settings.deployments_repository / record.entry).is_dir():
+            if record.state in (EntryState.failed, "creating") and not (
+                    self.settings.deployments_repository / record.entry).is_dir():
+                if record.state == "creating":  # the gateway stopped while it was being made
+                    record.state, record.reason = EntryState.failed.value, (
+                        "its creation was interrupted (the gateway stopped); create it again")
+                    with self.state.transaction() as db:
+                        self.state.put_deployment(db, record)
                 self.mark_failed(record)
                 continue
             entry = await self.place(record)

@@ -160,9 +160,9 @@ class RouteTable:
                 entry = self.deployments.entry_of(record)
                 limit = (record.max_concurrent_requests * record.instance_count
                          if record.max_concurrent_requests else None)
-                if entry is None:  # not placed yet since this gateway started
-                    served[record.name] = Served(None, EntryState.loading, "being placed on its nodes",
-                                                 timeout=record.request_timeout_seconds)
+                if entry is None:  # being created, or not placed yet since this gateway started
+                    why = record.reason if record.state == "creating" else "being placed on its nodes"
+                    served[record.name] = Served(None, EntryState.loading, why, timeout=record.request_timeout_seconds)
                     continue
                 target = Target(entry.name, entry.serving_nodes, entry.coalescing) if entry.ready else None
                 served[record.name] = Served(target, entry.state, entry.reason, max_inflight=limit,

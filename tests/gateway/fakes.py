@@ -3,6 +3,7 @@ of gateway logic. Integration tests use the real tritonserver instead."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ class FakeNode:
         self.loads: list[str] = []
         self.fail_score: dict[str, TurnoutError] = {}  # entry -> the error every request gets
         self.probes: list[str] = []
+        self.load_seconds = 0.0  # how long a load takes (a big model)
         self.down = False  # fails requests in flight (they may have run)
         self.refusing = False  # refuses connections (nothing was sent)
 
@@ -59,6 +61,7 @@ class FakeNode:
 
     async def load(self, entry: str, config: dict[str, Any] | None = None) -> None:
         self.loads.append(entry)
+        await asyncio.sleep(self.load_seconds)
         if entry in self.fail_load:
             raise ScriptLoadError(self.fail_load[entry], details={"node": self.name})
         self.crashed.discard(entry)

@@ -3,6 +3,7 @@ blue/green rollout, failed deployments, and deletion rules."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from pathlib import Path
@@ -202,3 +203,31 @@ def test_a_schema_that_could_not_be_read_is_noted_in_the_document(tmp_path: Path
     document = build_document("shop (typed)", "/endpoints/shop/score", tmp_path, {"error": "TypeError: bad type"})
     assert "could not be read" in document["info"]["description"] and "TypeError: bad type" in document["info"]["description"]
     assert document["info"]["x-turnout-schema-error"] == "TypeError: bad type"
+
+
+async def test_a_deployment_being_made_is_visible_and_other_changes_say_why_they_wait(tmp_path: Path) -> None:
+    node = FakeNode()
+    async with inprocess(settings_for(tmp_path), node) as gw:
+        await until(lambda: gw.services.loaded)
+        await endpoint(gw)
+        node.load_seconds = 3.0  # longer than a change waits for another
+        creating = asyncio.create_task(deploy(gw, tmp_path, "blue"))
+        await until(lambda: bool(node.loads))
+        shown = await gw.http.get("/admin/endpoints/shop/deployments/blue", headers=gw.admin)
+        assert shown.status_code == 200 and shown.json()["provisioning_state"] == "Creating"
+        listed = (await gw.http.get("/admin/endpoints/shop/deployments", headers=gw.admin)).json()
+        assert [d["name"] for d in listed] == ["blue"]
+        pinned = await gw.http.post("/endpoints/shop/score", content=b"{}",
+                                    headers={**gw.admin, "azureml-model-deployment": "blue"})
+        assert pinned.status_code == 503 and "being created" in pinned.json()["error"]["message"]
+        busy = await traffic(gw, traffic={"blue": 100})
+        assert busy.status_code == 409 and "deployment 'blue' of endpoint 'shop' is being created" in busy.text
+        assert (await creating).status_code == 200
+        assert (await traffic(gw, traffic={"blue": 100})).status_code == 200
+
+        updating = asyncio.create_task(deploy(gw, tmp_path, "blue", instance_count=2))
+        await until(lambda: len(node.loads) == 2)
+        shown = (await gw.http.get("/admin/endpoints/shop/deployments/blue", headers=gw.admin)).json()
+        assert shown["provisioning_state"] == "Updating" and shown["generation"] == 1
+        assert (await gw.http.post("/endpoints/shop/score", content=b"{}", headers=gw.admin)).status_code == 200
+        assert (await updating).json()["generation"] == 2

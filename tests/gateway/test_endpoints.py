@@ -185,7 +185,8 @@ def test_swagger_comes_from_inference_schema(gateway: GatewayProcess, examples_r
     gateway.cli("endpoint", "create", "-f", str(endpoint_yaml(tmp_path, "schema")))
     spec = deployment_yaml(tmp_path, "first", endpoint="schema",
                            code_configuration={"code": str(examples_ready / "schema-azure"), "scoring_script": "score.py"})
-    gateway.cli("deployment", "create", "-f", str(spec), "--all-traffic")
+    made = gateway.cli("deployment", "create", "-f", str(spec), "--all-traffic")
+    assert "Creating: " in made.stderr and "being created" in made.stderr  # progress while it was made
     key, _ = gateway.keys("schema")
     swagger = httpx.get(f"{gateway.url}/endpoints/schema/swagger.json", headers={"Authorization": f"Bearer {key}"})
     assert swagger.status_code == 200
