@@ -113,3 +113,79 @@ def test_instance_type_places_deployments_on_their_pool(two_pools, tmp_path: Pat
     dead = score(gateway, key, "pools", **{"azureml-model-deployment": "big"})
     assert dead.status_code == 502 and dead.json()["error"]["code"] == "node_unreachable"
     assert score(gateway, key, "pools").status_code == 200
+
+
+def test_a_node_restarted_empty_is_repopulated_and_serves_again(tmp_path: Path) -> None:
+    """Two nodes of one pool, a deployment on both; SIGKILL one and start a fresh tritonserver on its
+    address (what a Kubernetes pod restart does): its entry is loaded there again and it serves again."""
+    import os
+    import signal
+    import threading
+    import time
+
+    repository, state = tmp_path / "repository", tmp_path / "state"
+    repository.mkdir()
+    deployments, built = state / "deployments", state / "built"
+    deployments.mkdir(parents=True)
+    built.mkdir()
+    nodes = {name: EmbeddedTriton(repository=repository, extra_repositories=[built, deployments],
+                                  work_dir=tmp_path / name).start() for name in ("node-a", "node-b")}
+    nodes_file = tmp_path / "nodes.yaml"
+    nodes_file.write_text(yaml.safe_dump({"nodes": [
+        {"name": name, "url": node.http_url, "grpc_url": node.grpc_url, "pool": "cpu", "log_dir": str(node.log_dir)}
+        for name, node in nodes.items()]}))
+    gateway = GatewayProcess(repository, state, "--nodes", str(nodes_file), "--health-interval-seconds", "0.5").start()
+    try:
+        gateway.cli("endpoint", "create", "-f", str(endpoint_yaml(tmp_path, "spread")))
+        gateway.cli("deployment", "create", "-f", str(deployment_yaml(tmp_path, "blue", endpoint="spread",
+                                                                       instance_count=2)), "--all-traffic")
+        entry = gateway.cli_json("deployment", "show", "-n", "blue", "-e", "spread")["entry"]
+        key, _ = gateway.keys("spread")
+        codes: list[int] = []
+        stop = threading.Event()
+
+        def load() -> None:
+            with httpx.Client(timeout=30) as client:
+                for _ in range(2000):
+                    if stop.is_set():
+                        return
+                    codes.append(client.post(f"{gateway.url}/endpoints/spread/score", content=b'{"x": 1}',
+                                             headers={"Authorization": f"Bearer {key}"}).status_code)
+                    time.sleep(0.005)
+
+        loader = threading.Thread(target=load)
+        loader.start()
+        time.sleep(1)
+        old = nodes["node-b"]
+        assert old._process is not None
+        os.killpg(old._process.pid, signal.SIGKILL)  # the node and its stubs
+        old._process.wait()
+        killed_at = time.monotonic()
+        nodes["node-b"] = EmbeddedTriton(repository=repository, extra_repositories=[built, deployments],
+                                         work_dir=tmp_path / "node-b-again", http_port=old.http_port,
+                                         grpc_port=old.grpc_port, metrics_port=old.metrics_port, reuse_ports=True).start()
+        assert nodes["node-b"].http_url == old.http_url
+        recovered = None
+        with TritonClient(nodes["node-b"].http_url) as client:
+            for _ in range(200):
+                if client.is_ready(entry):
+                    recovered = time.monotonic() - killed_at
+                    break
+                time.sleep(0.1)
+        assert recovered is not None, "the gateway did not load the entry on the restarted node"
+        time.sleep(1)
+        served_before = inference_count(nodes["node-b"], entry)
+        time.sleep(1.5)
+        stop.set()
+        loader.join(30)
+        assert inference_count(nodes["node-b"], entry) > served_before  # it takes traffic again
+        failed = [c for c in codes if c != 200]
+        assert len(failed) <= 4 and set(failed) <= {502}, (len(codes), failed)  # only what was in flight on it
+        shown = gateway.cli_json("deployment", "show", "-n", "blue", "-e", "spread")
+        assert (shown["state"], shown["nodes"]) == ("ready", ["node-a", "node-b"])
+        print(f"node restart: {len(codes)} requests, {len(failed)} failed, entry back on the node "
+              f"{recovered:.1f} s after the kill")
+    finally:
+        gateway.stop()
+        for node in nodes.values():
+            node.stop()

@@ -163,6 +163,7 @@ class EmbeddedTriton:
     http_port: int = 0
     grpc_port: int = 0
     metrics_port: int = 0
+    reuse_ports: bool = False  # start on the ports given (a node restarted on its address) instead of free ones
     _process: subprocess.Popen[bytes] | None = None
     _owned_work_dir: bool = False
 
@@ -204,8 +205,9 @@ class EmbeddedTriton:
         backend_dir = assemble_backend_dir(self._work / "backends", files)
         last_error: Exception | None = None
         # A free port can be taken between our probe and Triton's bind: retry with new ports.
-        for _attempt in range(3):
-            self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
+        for attempt in range(3):
+            if not (self.reuse_ports and attempt == 0 and self.http_port):  # a restart on its old address
+                self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
             try:
                 self._launch(files, backend_dir)
                 return self
