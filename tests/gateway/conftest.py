@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from tests.conftest import FIXTURES
-from turnout.triton.embedded import free_port
+from turnout.triton.embedded import free_ports
 
 BIN = Path(sys.executable).parent
 ROLLOUT = FIXTURES / "rollout"
@@ -27,8 +27,7 @@ ROLLOUT = FIXTURES / "rollout"
 class GatewayProcess:
     def __init__(self, repository: Path, state: Path, *args: str, cwd: Path | None = None) -> None:
         self.repository, self.state, self.args, self.cwd = repository, state, args, cwd
-        self.port = free_port()
-        self.grpc_port = free_port()
+        self.port, self.grpc_port = free_ports(2)
         self.process: subprocess.Popen[bytes] | None = None
         self.log = state.parent / f"gateway-{self.port}.log"
 

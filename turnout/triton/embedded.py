@@ -124,9 +124,20 @@ def _parent_death_signal() -> Callable[[], None] | None:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1, host)[0]
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """Distinct free ports: all held open while they are picked (one after another, the kernel may hand
+    out the same one twice, and Triton refuses equal HTTP/gRPC/metrics ports, printing its usage)."""
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind((host, 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def server_environment(files: ServerFiles, log_dir: Path | None) -> dict[str, str]:
@@ -207,7 +218,7 @@ class EmbeddedTriton:
         # A free port can be taken between our probe and Triton's bind: retry with new ports.
         for attempt in range(3):
             if not (self.reuse_ports and attempt == 0 and self.http_port):  # a restart on its old address
-                self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
+                self.http_port, self.grpc_port, self.metrics_port = free_ports(3, self.host)
             try:
                 self._launch(files, backend_dir)
                 return self

@@ -28,3 +28,11 @@ def test_server_environment_puts_our_interpreter_first(tmp_path: Path) -> None:
     assert str(files.libs) in lib_path
     assert sysconfig.get_config_var("LIBDIR") in lib_path
     assert env["TURNOUT_LOG_DIR"] == str(tmp_path)
+
+
+def test_free_ports_are_distinct() -> None:
+    from turnout.triton.embedded import free_ports
+
+    for _ in range(50):
+        ports = free_ports(3)
+        assert len(set(ports)) == 3
