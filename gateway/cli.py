@@ -49,11 +49,17 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 Output = Annotated[str, typer.Option("--output", "-o", help="json or table, as az ml's -o.")]
 
 
+# Long or rarely scanned fields stay in -o json.
+_NOT_TABULATED = frozenset({"content_hash", "created", "updated", "description", "scoring_uri", "openapi_uri",
+                            "log_tail", "last_crash"})
+
+
 def _table(rows: list[dict[str, Any]]) -> str:
-    """Scalar columns of the first row (nested values are shown by -o json)."""
+    """The short scalar columns of the first row (nested and long values are shown by -o json)."""
     if not rows:
         return "(none)"
-    columns = [k for k, v in rows[0].items() if v is None or isinstance(v, (str, int, float, bool))]
+    columns = [k for k, v in rows[0].items()
+               if (v is None or isinstance(v, (str, int, float, bool))) and k not in _NOT_TABULATED]
     cells = [[("" if row.get(c) is None else str(row.get(c))) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
     lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))]
