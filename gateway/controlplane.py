@@ -270,8 +270,8 @@ class ControlPlane:
             safe_extract(root / "upload.tar.gz", root / "package")
             package_root = root / "package"
             try:
-                spec = DeploymentSpec.model_validate_json((package_root / "deployment.json").read_text())
-                header = PackageHeader.model_validate_json((package_root / "package.json").read_text())
+                spec = DeploymentSpec.model_validate_json((package_root / "deployment.json").read_text(encoding="utf-8"))
+                header = PackageHeader.model_validate_json((package_root / "package.json").read_text(encoding="utf-8"))
             except (OSError, ValueError) as exc:
                 raise BadInput(f"the upload is not a deployment archive: {exc}") from None
             if (spec.endpoint_name, spec.name) != (endpoint, deployment):

@@ -76,7 +76,7 @@ class Registry:
         records = []
         for child in folder.iterdir():
             if child.name.isdigit() and (child / PACKAGE_FILE).is_file():
-                records.append(PackageRecord.model_validate_json((child / PACKAGE_FILE).read_text()))
+                records.append(PackageRecord.model_validate_json((child / PACKAGE_FILE).read_text(encoding="utf-8")))
         return sorted(records, key=lambda r: r.version)
 
     def list(self) -> list[PackageRecord]:
@@ -179,7 +179,7 @@ class Registry:
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
         try:
             shutil.copytree(package.root, staging / "pkg", ignore=shutil.ignore_patterns(PACKAGE_FILE))
-            (staging / "pkg" / PACKAGE_FILE).write_text(record.model_dump_json(indent=2) + "\n")
+            (staging / "pkg" / PACKAGE_FILE).write_text(record.model_dump_json(indent=2) + "\n", encoding="utf-8")
             os.rename(staging / "pkg", final)  # atomic; fails if the version exists
         except OSError as exc:
             raise Conflict(f"{record.ref} could not be written to {final}: {exc}") from exc

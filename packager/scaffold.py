@@ -82,5 +82,5 @@ def scaffold(directory: Path, name: str | None = None) -> list[Path]:
         directory / "sample-request.json": json.dumps({"data": [[1.0, 2.0, 3.0]]}) + "\n",
     }
     for path, text in files.items():
-        path.write_text(text)
+        path.write_text(text, encoding="utf-8")
     return list(files)

@@ -106,7 +106,7 @@ def format_validation(error: ValidationError, source: Path) -> str:
 
 def read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
         raise PackageError(f"{path}: cannot be read as YAML: {exc}") from None
     if data is None:
@@ -290,7 +290,7 @@ def looks_like_azure_deployment(path: Path) -> bool:
     if path.suffix.lower() not in (".yml", ".yaml"):
         return False
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError):
         return False
     return isinstance(data, dict) and ("code_configuration" in data or "endpoint_name" in data or "model" in data)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -260,3 +261,30 @@ def test_coalesced_request_answers_each_element_on_its_own(serving: Serving, mak
     plain = b'{"method":"POST","headers":{}}'
     status, data, _ = _post_batch(serving, entry, [(body, plain) for body, _ in items])
     assert status == 400 and b"no x" in data
+
+
+@pytest.mark.integration
+def test_a_package_in_another_language_loads_whatever_the_nodes_locale(
+        tmp_path: Path, make_package: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Names, descriptions and tags in French or Japanese; a node started with LC_ALL=C (an ASCII locale)."""
+    from packager.build import build_entry
+    from packager.sources import resolve_source
+    from turnout.triton.client import TritonClient
+    from turnout.triton.embedded import EmbeddedTriton
+
+    folder = make_package(
+        'import json, os\n\ndef predict(batch):\n    return batch\n\ndef postprocess(output):\n    return {"étiquette": "réponse", "x": output}\n',
+        name="modèle", model_yaml={"description": "un modèle français, 日本語のモデル", "tags": {"équipe": "données"}})
+    with resolve_source(str(folder)) as package:
+        assert package.name == "mod-le"
+        built = build_entry(package, tmp_path / "repository")
+    monkeypatch.setenv("LC_ALL", "C")
+    monkeypatch.setenv("LANG", "C")
+    monkeypatch.delenv("PYTHONUTF8", raising=False)
+    monkeypatch.setenv("PYTHONCOERCECLOCALE", "0")
+    with EmbeddedTriton(repository=tmp_path / "repository", work_dir=tmp_path / "triton") as triton:
+        with TritonClient(triton.http_url) as client:
+            client.load(built.name)
+            answer = client.score(built.name, '{"q": "café"}'.encode())
+    assert answer.status == 200
+    assert json.loads(answer.body) == {"étiquette": "réponse", "x": {"q": "café"}}
