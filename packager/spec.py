@@ -104,9 +104,26 @@ def format_validation(error: ValidationError, source: Path) -> str:
     return f"{source}: " + "; ".join(lines)
 
 
+class _NoAliases(yaml.SafeLoader):  # type: ignore[misc]
+    """YAML without aliases: ``*name`` lets a few hundred bytes expand to gigabytes ("billion laughs"), and
+    no file we read needs one. An anchor alone (``&name``) is harmless and stays allowed."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.YAMLError(f"aliases (*name) are not accepted (line {mark.line + 1}): write the value out "
+                                 "where it is used")
+        return super().compose_node(parent, index)
+
+
+def load_yaml(text: str) -> Any:
+    """The one way Turnout parses YAML (model.yaml, Azure files, nodes files)."""
+    return yaml.load(text, Loader=_NoAliases)  # noqa: S506 (a SafeLoader that also refuses aliases)
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
         raise PackageError(f"{path}: cannot be read as YAML: {exc}") from None
     if data is None:
@@ -239,7 +256,7 @@ def apply_overrides(overrides: dict[str, Any], sets: Sequence[str]) -> dict[str,
             raise PackageError(f"--set {item!r}: expected KEY=VALUE, e.g. --set instance_count=2 or "
                                "--set environment_variables.COLOR=red")
         try:
-            value = yaml.safe_load(raw) if raw else ""
+            value = load_yaml(raw) if raw else ""
         except yaml.YAMLError:
             value = raw
         *parents, last = key.strip().split(".")
@@ -290,7 +307,7 @@ def looks_like_azure_deployment(path: Path) -> bool:
     if path.suffix.lower() not in (".yml", ".yaml"):
         return False
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError):
         return False
     return isinstance(data, dict) and ("code_configuration" in data or "endpoint_name" in data or "model" in data)

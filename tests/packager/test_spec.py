@@ -103,3 +103,34 @@ settings:
     assert deployment.settings is not None and deployment.settings["mini_batch_size"] == 10
     assert deployment.instance_count == 2
     assert ignored == ["compute", "resources", "type"]
+
+
+LAUGHS = """
+a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
+e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]
+f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]
+g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]
+h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]
+description: *h
+"""
+
+
+def test_yaml_aliases_are_refused_in_every_file_we_read(tmp_path: Path) -> None:
+    """A 400-byte 'billion laughs' model.yaml expanded to hundreds of MB; aliases are refused instead."""
+    from gateway.nodes import load_nodes_file
+    from packager.spec import looks_like_azure_deployment, read_yaml
+
+    for name in ("model.yaml", "deployment.yml", "nodes.yaml"):
+        (tmp_path / name).write_text(LAUGHS)
+        with pytest.raises(PackageError, match=r"aliases \(\*name\) are not accepted.*line 3"):
+            read_yaml(tmp_path / name)
+    with pytest.raises(PackageError, match="aliases"):
+        load_package_spec(tmp_path / "model.yaml")
+    with pytest.raises(PackageError, match="aliases"):
+        load_nodes_file(tmp_path / "nodes.yaml")
+    assert not looks_like_azure_deployment(tmp_path / "deployment.yml")
+    (tmp_path / "anchors.yaml").write_text("name: m\ntags: &t {team: fraud}\n")  # an anchor alone is harmless
+    assert read_yaml(tmp_path / "anchors.yaml")["tags"] == {"team": "fraud"}
