@@ -50,6 +50,7 @@ class GatewayApp(FastAPI):
 def build_services(settings: GatewaySettings, provider: NodeProvider | None = None) -> Services:
     for folder in (settings.state_dir, settings.deployments_repository, settings.built_repository):
         folder.mkdir(parents=True, exist_ok=True)
+    settings.state_dir.chmod(0o700)  # keys, secrets and the state database live here
     metrics = Metrics()
     state = StateStore(settings.database)
     credentials = Credentials(settings.state_dir, settings.admin_key)

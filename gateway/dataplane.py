@@ -67,9 +67,20 @@ class DataPlane:
         target = served.ready_target(f"model {name!r} version {number}")
         return Resolved(target, served, "model", name, str(number))
 
-    def resolve_endpoint(self, name: str, pinned: str | None, presented: str | None) -> Resolved:
-        route = self.routes.current.endpoint(name)
+    def endpoint_route(self, name: str, presented: str | None) -> EndpointRoute:
+        """The endpoint, if the credential opens it. An unknown endpoint answers as a known one would to a
+        bad credential (401), so names cannot be enumerated; only the admin key learns it does not exist."""
+        route = self.routes.current.endpoints.get(name)
+        if route is None:
+            if self.credentials.is_admin(presented):
+                return self.routes.current.endpoint(name)  # 404, naming the known ones
+            raise Unauthorized(f"endpoint {name!r} needs 'Authorization: Bearer <key>'" if presented is None
+                               else f"the key is not valid for endpoint {name!r}")
         check_endpoint_access(self.credentials, name, route.auth_mode, route.key_hashes, presented)
+        return route
+
+    def resolve_endpoint(self, name: str, pinned: str | None, presented: str | None) -> Resolved:
+        route = self.endpoint_route(name, presented)
         deployment = pinned or route.choose(self._rng)
         served = route.deployment(deployment)
         try:

@@ -75,6 +75,5 @@ async def endpoint_swagger(
 ) -> dict[str, Any]:
     """Built from the serving deployment's inference-schema decorators, declared signature or sample
     request; `?deployment=` picks another deployment."""
-    route = dataplane.routes.current.endpoint(endpoint)
-    check_endpoint_access(dataplane.credentials, endpoint, route.auth_mode, route.key_hashes, credential)
+    dataplane.endpoint_route(endpoint, credential)
     return control.openapi(endpoint, deployment)

@@ -104,3 +104,19 @@ async def test_routes_republish_when_an_entry_changes(tmp_path: Path, make_packa
         gw.services.entries.set_state(entry, EntryState.failed, "taken down by the test")
         refused = await gw.http.post("/models/m/score", content=b"{}", headers=gw.admin)
         assert refused.status_code == 503 and "taken down by the test" in refused.json()["error"]["message"]
+
+
+async def test_endpoint_names_cannot_be_enumerated_and_the_state_is_private(tmp_path: Path) -> None:
+    async with inprocess(settings_for(tmp_path)) as gw:
+        await until(lambda: gw.services.loaded)
+        await gw.http.post("/admin/endpoints", json={"name": "real-one", "auth_mode": "key"}, headers=gw.admin)
+        for name in ("ghost", "real-one"):
+            assert (await gw.http.post(f"/endpoints/{name}/score", content=b"{}")).status_code == 401
+            guessed = await gw.http.post(f"/endpoints/{name}/score", content=b"{}", headers={"Authorization": "Bearer guess"})
+            assert guessed.status_code == 401
+            assert (await gw.http.get(f"/endpoints/{name}/swagger.json")).status_code == 401
+        assert (await gw.http.post("/endpoints/ghost/score", content=b"{}", headers=gw.admin)).status_code == 404
+        state = tmp_path / "state"
+        assert state.stat().st_mode & 0o777 == 0o700
+        for file in ("state.sqlite3", "state.sqlite3-wal"):
+            assert (state / file).stat().st_mode & 0o777 == 0o600, file
