@@ -46,8 +46,12 @@ def new_key() -> str:
 
 @dataclass(frozen=True)
 class Token:
+    """Bound to the endpoint's name, its identity (a recreated endpoint is another) and its key generation
+    (regenerating keys revokes the tokens issued before)."""
+
     endpoint: str
     expires_at: int
+    identity: tuple[str, int] = ("", 0)
 
 
 class Credentials:
@@ -78,11 +82,12 @@ class Credentials:
         return presented is not None and hmac.compare_digest(hash_key(presented), self._admin_hash)
 
     # --- tokens ---
-    def issue_token(self, endpoint: str, ttl_seconds: int) -> Token:
-        return Token(endpoint, int(time.time()) + ttl_seconds)
+    def issue_token(self, endpoint: str, ttl_seconds: int, identity: tuple[str, int] = ("", 0)) -> Token:
+        return Token(endpoint, int(time.time()) + ttl_seconds, identity)
 
     def encode_token(self, token: Token) -> str:
-        payload = base64.urlsafe_b64encode(orjson.dumps({"e": token.endpoint, "x": token.expires_at})).rstrip(b"=")
+        fields = {"e": token.endpoint, "x": token.expires_at, "u": token.identity[0], "g": token.identity[1]}
+        payload = base64.urlsafe_b64encode(orjson.dumps(fields)).rstrip(b"=")
         signature = base64.urlsafe_b64encode(hmac.new(self._signing, payload, hashlib.sha256).digest()).rstrip(b"=")
         return f"{payload.decode()}.{signature.decode()}"
 
@@ -96,7 +101,7 @@ class Credentials:
             return None
         try:
             fields = orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-            return Token(str(fields["e"]), int(fields["x"]))
+            return Token(str(fields["e"]), int(fields["x"]), (str(fields.get("u", "")), int(fields.get("g", -1))))
         except (ValueError, KeyError, TypeError):
             return None
 
@@ -116,6 +121,7 @@ def check_endpoint_access(
     auth_mode: str,
     key_hashes: tuple[str, ...],
     presented: str | None,
+    identity: tuple[str, int] = ("", 0),
 ) -> None:
     """Raise Unauthorized (no or bad credential) or Forbidden (a valid credential not good here).
 
@@ -135,6 +141,9 @@ def check_endpoint_access(
         if auth_mode != "aml_token":
             raise Forbidden(f"endpoint {endpoint!r} uses auth_mode key: send 'Authorization: Bearer <key>' "
                             "('gateway endpoint get-credentials' gives its keys); tokens are for aml_token endpoints")
+        if token.identity != identity:
+            raise Unauthorized(f"the token was revoked (endpoint {endpoint!r} was recreated or its keys regenerated); "
+                               f"get a new one with 'gateway endpoint get-credentials -n {endpoint}'")
         if token.expires_at < time.time():
             raise Unauthorized(f"the token has expired; get a new one ('gateway endpoint get-credentials -n "
                                f"{endpoint}', or POST /endpoints/{endpoint}/token with a valid one)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -158,7 +159,7 @@ class ControlPlane:
             keys = [new_key(), new_key()]
             record = EndpointRecord(
                 name=spec.name, auth_mode=spec.auth_mode, description=spec.description, tags=spec.tags,
-                key_hashes=[hash_key(k) for k in keys],
+                key_hashes=[hash_key(k) for k in keys], uid=secrets.token_hex(8),
                 sealed_keys=[self.credentials.seal(k) for k in keys],
             )
             with self.state.transaction() as db:
@@ -240,9 +241,9 @@ class ControlPlane:
         return {"primaryKey": keys[0], "secondaryKey": keys[1]}
 
     def token(self, name: str) -> dict[str, Any]:
-        self._endpoint(name)
+        record = self._endpoint(name)
         credentials = self.credentials
-        token = credentials.issue_token(name, self.settings.token_ttl_seconds)
+        token = credentials.issue_token(name, self.settings.token_ttl_seconds, (record.uid, record.key_generation))
         expiry = datetime.fromtimestamp(token.expires_at, UTC)
         refresh = datetime.fromtimestamp(token.expires_at - self.settings.token_ttl_seconds / 2, UTC)
         return {"accessToken": credentials.encode_token(token), "tokenType": "Bearer",
@@ -254,6 +255,7 @@ class ControlPlane:
             index = 0 if key_type == "primary" else 1
             key = new_key()
             record.key_hashes[index] = hash_key(key)
+            record.key_generation += 1  # the tokens issued before are revoked
             record.sealed_keys[index] = self.credentials.seal(key)
             with self.state.transaction() as db:
                 self.state.put_endpoint(db, record)

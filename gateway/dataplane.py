@@ -76,7 +76,7 @@ class DataPlane:
                 return self.routes.current.endpoint(name)  # 404, naming the known ones
             raise Unauthorized(f"endpoint {name!r} needs 'Authorization: Bearer <key>'" if presented is None
                                else f"the key is not valid for endpoint {name!r}")
-        check_endpoint_access(self.credentials, name, route.auth_mode, route.key_hashes, presented)
+        check_endpoint_access(self.credentials, name, route.auth_mode, route.key_hashes, presented, route.identity)
         return route
 
     def resolve_endpoint(self, name: str, pinned: str | None, presented: str | None) -> Resolved:

@@ -85,6 +85,7 @@ class EndpointRoute:
     deployments: dict[str, Served]
     traffic: tuple[tuple[str, int], ...]  # (deployment, weight) with weight > 0
     mirror: tuple[str, int] | None = None
+    identity: tuple[str, int] = ("", 0)  # what its tokens are bound to (auth.Token)
     _cumulative: tuple[int, ...] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -175,5 +176,6 @@ class RouteTable:
                 deployments=served,
                 traffic=tuple((d, w) for d, w in sorted(endpoint.traffic.items()) if w > 0),
                 mirror=mirror if mirror and mirror[1] > 0 else None,
+                identity=(endpoint.uid, endpoint.key_generation),
             )
         return endpoints

@@ -54,6 +54,8 @@ class EndpointRecord(BaseModel):
     mirror_traffic: dict[str, int] = Field(default_factory=dict, description="deployment -> percent mirrored")
     key_hashes: list[str] = Field(default_factory=list, description="sha256 of the primary and secondary keys")
     sealed_keys: list[str] = Field(default_factory=list, description="the keys, encrypted with the gateway secret")
+    uid: str = Field(default="", description="this endpoint's identity: a recreated endpoint of one name is another")
+    key_generation: int = Field(default=0, description="bumped by regenerate-keys: older tokens are revoked")
     created: datetime = Field(default_factory=now)
     updated: datetime = Field(default_factory=now)
 

@@ -50,7 +50,7 @@ async def endpoint_token(endpoint: str, dataplane: Data, control: Control, crede
         raise BadInput(f"endpoint {endpoint!r} uses auth_mode {route.auth_mode}: "
                        + ("send 'Authorization: Bearer <key>'; tokens are for aml_token endpoints"
                           if route.auth_mode == "key" else "it needs no credential"))
-    check_endpoint_access(dataplane.credentials, endpoint, "aml_token", (), credential)
+    check_endpoint_access(dataplane.credentials, endpoint, "aml_token", (), credential, route.identity)
     return control.token(endpoint)
 
 

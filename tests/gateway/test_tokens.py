@@ -54,3 +54,27 @@ async def test_an_aml_token_endpoint_hands_out_tokens_and_renews_them(tmp_path: 
         assert key_like.status_code == 401
         assert "auth_mode aml_token" in key_like.json()["error"]["message"]
         assert "get-credentials" in key_like.json()["error"]["message"]
+
+
+async def test_deleting_an_endpoint_or_regenerating_its_keys_revokes_its_tokens(tmp_path: Path) -> None:
+    async with inprocess(settings_for(tmp_path, token_ttl_seconds=600)) as gw:
+        await until(lambda: gw.services.loaded)
+        await make(gw, tmp_path, "tokened", "aml_token")
+
+        async def fresh_token() -> str:
+            return str((await gw.http.post("/admin/endpoints/tokened/credentials", headers=gw.admin)).json()["accessToken"])
+
+        async def status(token: str) -> int:
+            return (await gw.http.post("/endpoints/tokened/score", content=b"{}", headers=bearer(token))).status_code
+
+        before = await fresh_token()
+        assert await status(before) == 200
+        await gw.http.post("/admin/endpoints/tokened/regenerate-keys", json={"key_type": "primary"}, headers=gw.admin)
+        assert await status(before) == 401
+        after = await fresh_token()
+        assert await status(after) == 200
+        assert (await gw.http.delete("/admin/endpoints/tokened", headers=gw.admin)).status_code == 204
+        await make(gw, tmp_path, "tokened", "aml_token")  # the same name, another endpoint
+        refused = await gw.http.post("/endpoints/tokened/score", content=b"{}", headers=bearer(after))
+        assert refused.status_code == 401 and "revoked" in refused.json()["error"]["message"]
+        assert await status(await fresh_token()) == 200
