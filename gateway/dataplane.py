@@ -123,58 +123,55 @@ class DataPlane:
     async def guarded(self, resolved: Resolved, call: Callable[[TritonNode], Awaitable[Any]], *,
                       live: bool = True) -> Any:
         """Bound in-flight requests, bound time, count the outcome (``live``: a caller's request, not a
-        mirror copy, which has counters of its own); a failure names who answered."""
-        try:
-            return await self._guarded(resolved, call, live)
-        except TurnoutError as exc:
-            raise exc.with_header(*resolved.answered_by) from None
-
-    async def _guarded(self, resolved: Resolved, call: Callable[[TritonNode], Awaitable[Any]], live: bool) -> Any:
-        """The request holds a lease on its entry (per entry: a deployment's old and new generation
-        drain separately)."""
+        mirror copy, which has counters of its own); a failure names who answered. The request holds a
+        lease on its entry (per entry: a deployment's old and new generation drain separately)."""
         key = resolved.target.entry
         limit = resolved.served.max_inflight or self.settings.max_inflight_per_deployment
         if self.entries.inflight[key] >= limit:
             if live:
                 self.metrics.observe(resolved.kind, resolved.name, resolved.deployment, 429, 0.0)
-            raise Overloaded(f"{resolved.kind} {resolved.name!r} has {limit} requests in flight; retry shortly")
+            raise Overloaded(f"{resolved.kind} {resolved.name!r} has {limit} requests in flight; retry shortly"
+                             ).with_header(*resolved.answered_by)
         self.entries.acquire(key)
         started = time.perf_counter()
         code = 500
+        timeout = resolved.served.timeout
         try:
-            answer = await self._attempt(resolved, call)
+            node = resolved.target.pick()
+            try:
+                answer = await (asyncio.wait_for(call(node), timeout) if timeout else call(node))
+            except TurnoutError as exc:  # off the hot path: maybe once more, on another node
+                answer = await self._elsewhere(resolved, call, node, exc)
             code = answer.status if isinstance(answer, ScoringResult) else answer[0] if isinstance(answer, tuple) else 200
             return answer
         except TurnoutError as exc:
             code = int(exc.status)
             if exc.details.get("crashed"):
                 self.entries.report_crash(key, "a request found its process gone")
-            raise
+            raise exc.with_header(*resolved.answered_by) from None
         except TimeoutError:
             code = 504
-            raise ScoringTimeout(f"{resolved.kind} {resolved.name!r} did not answer in time") from None
+            raise ScoringTimeout(f"{resolved.kind} {resolved.name!r} did not answer in time").with_header(
+                *resolved.answered_by) from None
         finally:
             self.entries.release(key)
             if live:
                 self.metrics.observe(resolved.kind, resolved.name, resolved.deployment, code,
                                      time.perf_counter() - started)
 
-    async def _attempt(self, resolved: Resolved, call: Callable[[TritonNode], Awaitable[Any]]) -> Any:
-        """Call one node; once more on another when the first provably never ran it (it lacks the entry,
-        or the connection was never made)."""
+    async def _elsewhere(self, resolved: Resolved, call: Callable[[TritonNode], Awaitable[Any]], node: TritonNode,
+                         failure: TurnoutError) -> Any:
+        """Send a failed call once more, to another node, when ``node`` provably never ran it (it lacks
+        the entry, or the connection was never made); otherwise the failure stands."""
         target, timeout = resolved.target, resolved.served.timeout
-        node = target.pick()
-        try:
-            return await (asyncio.wait_for(call(node), timeout) if timeout else call(node))
-        except TurnoutError as exc:
-            if exc.details.get("missing"):
-                self.entries.report_missing(target.entry, node)
-            elif not exc.details.get("not_sent"):
-                raise
-            other = target.other_than(node)
-            if other is None:
-                raise
-            return await (asyncio.wait_for(call(other), timeout) if timeout else call(other))
+        if failure.details.get("missing"):
+            self.entries.report_missing(target.entry, node)
+        elif not failure.details.get("not_sent"):
+            raise failure
+        other = target.other_than(node)
+        if other is None:
+            raise failure
+        return await (asyncio.wait_for(call(other), timeout) if timeout else call(other))
 
     def mirror(self, resolved: Resolved, send: Callable[[Resolved], Awaitable[Any]]) -> None:
         """Send a copy of a live request to the endpoint's mirror deployment, when it drew one: ``send``
