@@ -289,6 +289,10 @@ def _deployment_archive(file: Path, name: str | None, endpoint_name: str | None,
                         sets: list[str] | None = None) -> tuple[DeploymentSpec, bytes]:
     overrides = _overrides(name, endpoint_name, sets)
     azure, ignored = load_azure_deployment(file, overrides)
+    for key, option in (("endpoint_name", "-e NAME"), ("name", "-n NAME")):
+        value = getattr(azure, key) or ""
+        if value.startswith("<") and value.endswith(">"):  # Azure's docs ship files with placeholders
+            _fail(f"{file}: {key} is the placeholder {value!r}: give {option} (or --set {key}=NAME)", 2)
     if ignored:
         typer.secho(f"warning: ignored Azure keys (not used by Turnout): {', '.join(ignored)}",
                     fg=typer.colors.YELLOW, err=True)

@@ -293,12 +293,13 @@ class ControlPlane:
         key = (spec.endpoint_name, spec.name)
         self._provisioning[key] = "Updating" if previous else "Creating"
         try:
-            return await self._make(spec, package, all_traffic, endpoint, previous, generation, entry)
+            record = await self._make(spec, package, all_traffic, endpoint, previous, generation, entry)
         finally:
             self._provisioning.pop(key, None)
+        return self.deployment_view(record)  # after the change is done: Succeeded, not Creating
 
     async def _make(self, spec: DeploymentSpec, package: StagedPackage, all_traffic: bool, endpoint: EndpointRecord,
-                    previous: DeploymentRecord | None, generation: int, entry: str) -> dict[str, Any]:
+                    previous: DeploymentRecord | None, generation: int, entry: str) -> DeploymentRecord:
         if previous is None:  # visible while it is made: listed, shown as Creating, pinned requests told so
             placeholder = self._record(spec, None, generation, entry, "", 0, "", {})
             placeholder.state, placeholder.reason = CREATING, "being created: inspecting, registering, loading"
@@ -347,7 +348,7 @@ class ControlPlane:
             })
         if old is not None and old.name != record.entry:
             await self.deployments.retire(old)
-        return self.deployment_view(record)
+        return record
 
     def _record(self, spec: DeploymentSpec, previous: DeploymentRecord | None, generation: int, entry: str,
                 model_name: str, model_version: int, content_hash: str, schemas: dict[str, Any]) -> DeploymentRecord:

@@ -39,6 +39,12 @@ async def _forward(dataplane: Data, name: str, version: int | None, request: Req
         data = _as_called(data, passed, name, version_text, "name" if suffix == "" else "model_name")
     elif status >= 400:  # Triton's message names its entry: name what the caller called
         data = data.replace(resolved.target.entry.encode(), name.encode())
+        if status == 400 and b"unexpected inference input" in data and resolved.served.kind == "python_scoring":
+            url = f"/{'endpoints' if resolved.kind == 'endpoint' else 'models'}/{name}/score"
+            told = orjson.loads(data).get("error", "")
+            data = orjson.dumps({"error": f"{told}: {name!r} is served by a scoring script, whose inputs are BODY "
+                                          f"(BYTES [1, 1], the request body) and optional META; or POST the body "
+                                          f"itself to {url}"})
     return Response(data, status_code=status, headers=passed)
 
 

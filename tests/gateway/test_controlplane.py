@@ -231,3 +231,11 @@ async def test_a_deployment_being_made_is_visible_and_other_changes_say_why_they
         assert shown["provisioning_state"] == "Updating" and shown["generation"] == 1
         assert (await gw.http.post("/endpoints/shop/score", content=b"{}", headers=gw.admin)).status_code == 200
         assert (await updating).json()["generation"] == 2
+
+
+async def test_the_answer_to_a_create_says_succeeded(tmp_path: Path) -> None:
+    async with inprocess(settings_for(tmp_path)) as gw:
+        await until(lambda: gw.services.loaded)
+        await endpoint(gw)
+        made = (await deploy(gw, tmp_path, "blue", all_traffic=True)).json()
+        assert (made["state"], made["provisioning_state"]) == ("ready", "Succeeded")

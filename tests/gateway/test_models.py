@@ -79,6 +79,7 @@ def test_tritonclient_http_and_grpc_through_the_gateway(gateway: GatewayProcess,
         with pytest.raises(Exception) as refused:
             http_client.infer("onnx-classifier", [wrong], headers=gateway.admin)
         assert "onnx-classifier-v1" not in str(refused.value) and "onnx-classifier" in str(refused.value)
+        assert "inputs are BODY" in str(refused.value) and "/models/onnx-classifier/score" in str(refused.value)
         assert http_client.is_model_ready("onnx-classifier", headers=gateway.admin)
         assert http_client.get_model_metadata("onnx-classifier", headers=gateway.admin)["name"] == "onnx-classifier"
     finally:

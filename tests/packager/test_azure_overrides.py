@@ -71,3 +71,12 @@ def test_azure_keys_turnout_does_not_use_are_reported(tmp_path: Path) -> None:
                      request_settings={"max_queue_wait_ms": 500, "request_timeout_ms": 3000})
     _, ignored = load_azure_deployment(path)
     assert {"environment.image", "environment.inference_config", "request_settings.max_queue_wait_ms"} <= set(ignored)
+
+
+def test_a_placeholder_left_in_the_file_asks_for_the_option(tmp_path: Path) -> None:
+    exe = Path(sys.executable).parent / "gateway"
+    result = subprocess.run([str(exe), "deployment", "create", "-f", str(templated(tmp_path)), "-n", "blue",
+                             "--admin-key", "k", "--gateway-url", "http://127.0.0.1:9"], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2
+    assert "endpoint_name is the placeholder '<my-endpoint-name>': give -e NAME" in result.stderr
