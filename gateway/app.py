@@ -100,7 +100,7 @@ async def watch_health(services: Services) -> None:
     """Node health; entries a node lost (a restarted Triton comes back empty) loaded there again; crashed
     stubs (Triton never restarts them) healed."""
     while True:
-        await asyncio.sleep(services.settings.health_interval_seconds)
+        await services.fleet.wait(services.settings.health_interval_seconds)
         await services.fleet.check_health()
         for node, loaded in await services.fleet.loaded_entries():
             services.entries.reconcile(node, loaded)

@@ -4,7 +4,7 @@ of gateway logic. Integration tests use the real tritonserver instead."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,11 +95,15 @@ class FakeProvider:
     def __init__(self, *nodes: FakeNode) -> None:
         self.nodes = list(nodes) or [FakeNode()]
 
-    def start(self) -> list[TritonNode]:
+    def start(self, changed: Callable[[str, bool], None]) -> list[TritonNode]:
+        self.changed = changed
         return list(self.nodes)
 
     def stop(self) -> None:
         pass
+
+    def status(self) -> dict[str, Any]:
+        return {}
 
 
 @dataclass

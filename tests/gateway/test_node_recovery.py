@@ -83,3 +83,21 @@ async def test_only_what_never_reached_a_dead_node_is_sent_to_another(tmp_path: 
         b.refusing, b.healthy, b.down = False, True, True  # died with the request in flight: it may have run
         answers = [await gw.http.post("/endpoints/shop/score", content=b"{}", headers=gw.admin) for _ in range(4)]
         assert sorted(r.status_code for r in answers) == [200, 200, 200, 502]
+
+
+async def test_liveness_fails_while_no_node_answers_and_a_supervised_node_is_repopulated_at_once(
+        tmp_path: Path) -> None:
+    node = FakeNode("embedded")
+    settings = settings_for(tmp_path, health_interval_seconds=3600)  # only the provider's word wakes the loop
+    async with inprocess(settings, node) as gw:
+        await until(lambda: gw.services.loaded)
+        assert (await gw.http.get("/healthz")).status_code == 200
+        node.down = True
+        gw.services.fleet.provider.changed("embedded", False)  # type: ignore[attr-defined]
+        await until(lambda: not node.healthy)
+        answer = await gw.http.get("/healthz")
+        assert answer.status_code == 503 and answer.json()["reason"] == "no Triton node answers"
+        node.down = False
+        gw.services.fleet.provider.changed("embedded", True)  # type: ignore[attr-defined]
+        await until(lambda: node.healthy)
+        assert (await gw.http.get("/healthz")).status_code == 200

@@ -140,6 +140,21 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
             sock.close()
 
 
+def processes_in_group(group: int) -> list[int]:
+    """The live processes of a process group (Linux: read from /proc)."""
+    found = []
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            with open(stat, encoding="ascii", errors="replace") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # After the command's closing parenthesis: state, ppid, pgrp.
+        if int(fields[2]) == group and fields[0] != "Z":
+            found.append(int(stat.split("/")[2]))
+    return found
+
+
 def server_environment(files: ServerFiles, log_dir: Path | None) -> dict[str, str]:
     env = dict(os.environ)
     # The stub takes its site-packages from the first python3 on PATH: make it ours.
@@ -216,8 +231,8 @@ class EmbeddedTriton:
         backend_dir = assemble_backend_dir(self._work / "backends", files)
         last_error: Exception | None = None
         # A free port can be taken between our probe and Triton's bind: retry with new ports.
-        for attempt in range(3):
-            if not (self.reuse_ports and attempt == 0 and self.http_port):  # a restart on its old address
+        for _ in range(3):
+            if not (self.reuse_ports and self.http_port):  # a restart keeps its address: clients know it
                 self.http_port, self.grpc_port, self.metrics_port = free_ports(3, self.host)
             try:
                 self._launch(files, backend_dir)
@@ -307,6 +322,32 @@ class EmbeddedTriton:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self._process.pid, signal.SIGKILL)
             self._process.wait(timeout=10)
+
+    def exit_code(self) -> int | None:
+        """None while the server runs; its exit status (reaped: no zombie is left) once it has ended."""
+        return None if self._process is None else self._process.poll()
+
+    def reap(self) -> list[int]:
+        """After the server died: kill what it left behind and return those pids.
+
+        Its stubs outlive it (Triton does not take them down when it is killed) and hold the connections
+        it had accepted, so callers of requests in flight would wait for their timeout; they are in the
+        server's process group, which outlives its leader while a member lives."""
+        if self._process is None:
+            return []
+        self._process.poll()
+        leftovers = processes_in_group(self._process.pid)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._process.pid, signal.SIGKILL)
+        for segment in glob.glob(f"/dev/shm/{self._shm_prefix}*"):
+            with contextlib.suppress(OSError):
+                os.unlink(segment)
+        return leftovers
+
+    def restart(self) -> EmbeddedTriton:
+        """Start again on the same ports (the gateway's nodes keep their URLs). Call :meth:`reap` first."""
+        self.reuse_ports = True
+        return self.start()
 
     def _cleanup(self) -> None:
         for segment in glob.glob(f"/dev/shm/{self._shm_prefix}*"):

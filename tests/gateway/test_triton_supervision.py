@@ -1,0 +1,111 @@
+"""A dead embedded Triton (SIGKILL under load) is supervised back: what it left is reaped, requests in flight
+fail at once (502), /healthz says the gateway cannot serve while it restarts, the models serve again."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.gateway.conftest import BIN, GatewayProcess
+from turnout.triton.embedded import processes_in_group
+
+NAP = """\
+import json
+import time
+
+
+def init():
+    pass
+
+
+def run(raw_data):
+    seconds = json.loads(raw_data).get("seconds", 0)
+    time.sleep(seconds)
+    return {"slept": seconds}
+"""
+
+
+def _tritonserver_of(gateway: subprocess.Popen[bytes]) -> int:
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        command, rest = text.split(" (", 1)[1].rsplit(")", 1)
+        if command == "tritonserver" and int(rest.split()[1]) == gateway.pid:
+            return int(stat.parent.name)
+    raise AssertionError("the gateway has no tritonserver child")
+
+
+@pytest.fixture()
+def napping_gateway(tmp_path: Path) -> GatewayProcess:
+    package = tmp_path / "nap"
+    package.mkdir()
+    (package / "score.py").write_text(NAP)
+    repository = tmp_path / "repository"
+    subprocess.run([str(BIN / "packager"), "build", str(package), "-r", str(repository), "--name", "nap"],
+                   check=True, capture_output=True)
+    return GatewayProcess(repository, tmp_path / "state", "--allow-anonymous")
+
+
+def test_a_killed_embedded_triton_is_reaped_restarted_and_serves_again(napping_gateway: GatewayProcess) -> None:
+    gw = napping_gateway.start()
+    try:
+        url = f"{gw.url}/models/nap/score"
+        assert httpx.post(url, json={"seconds": 0}, timeout=30).status_code == 200
+        in_flight: list[tuple[int, float]] = []
+
+        def long_call() -> None:
+            started = time.monotonic()
+            answer = httpx.post(url, json={"seconds": 60}, timeout=90)
+            in_flight.append((answer.status_code, time.monotonic() - started))
+
+        callers = [threading.Thread(target=long_call) for _ in range(3)]
+        for caller in callers:
+            caller.start()
+        time.sleep(1.0)  # the calls are in the stub now
+        assert gw.process is not None
+        triton = _tritonserver_of(gw.process)
+        os.kill(triton, signal.SIGKILL)
+        killed = time.monotonic()
+
+        health: list[tuple[int, dict[str, object]]] = []
+        served_again = None
+        while time.monotonic() - killed < 60:
+            answer = httpx.get(f"{gw.url}/healthz", timeout=5)
+            health.append((answer.status_code, answer.json()))
+            if answer.status_code == 200 and len(health) > 1:
+                if httpx.post(url, json={"seconds": 0}, timeout=30).status_code == 200:
+                    served_again = time.monotonic() - killed
+                    break
+            time.sleep(0.05)
+        for caller in callers:
+            caller.join(timeout=30)
+
+        # Requests in flight at the kill fail at once, not at their timeout (the stubs held their sockets).
+        assert [code for code, _ in in_flight] == [502] * 3, in_flight
+        assert max(seconds for _, seconds in in_flight) < 1.0 + 5.0, in_flight
+        # Nothing of the dead server lives on: no stub, no zombie.
+        assert processes_in_group(triton) == []
+        assert not Path(f"/proc/{triton}").exists()
+        # Liveness said so while it was down, and tells what happened.
+        down = [body for code, body in health if code == 503]
+        assert down and down[0]["status"] == "unhealthy" and down[0]["nodes"] == {"embedded": False}, health[:3]
+        status = health[-1][1]["embedded_triton"]
+        assert isinstance(status, dict) and status["restarts"] == 1 and status["state"] == "running", status
+        assert status["reaped_processes"] >= 1  # the stub that held the in-flight calls
+        assert served_again is not None and served_again < 30, health[-3:]
+        print(json.dumps({"recovered_in_seconds": round(served_again, 2), "supervisor": status}))
+    finally:
+        stopping = time.monotonic()
+        gw.stop()
+        # The stop no longer waits out its graceful timeout on connections the dead server's stubs held.
+        assert time.monotonic() - stopping < 25
