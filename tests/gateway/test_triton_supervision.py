@@ -103,7 +103,8 @@ def test_a_killed_embedded_triton_is_reaped_restarted_and_serves_again(napping_g
         assert isinstance(status, dict) and status["restarts"] == 1 and status["state"] == "running", status
         assert status["reaped_processes"] >= 1  # the stub that held the in-flight calls
         assert served_again is not None and served_again < 30, health[-3:]
-        print(json.dumps({"recovered_in_seconds": round(served_again, 2), "supervisor": status}))
+        print(json.dumps({"recovered_in_seconds": round(served_again, 2), "supervisor": status,
+                          "in_flight_failed_after": [round(s - 1.0, 2) for _, s in in_flight]}))
     finally:
         stopping = time.monotonic()
         gw.stop()
