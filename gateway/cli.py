@@ -138,9 +138,9 @@ def _serve_parameters() -> list[inspect.Parameter]:
 
 def serve(**given: Any) -> None:
     """Run the gateway (and, without --nodes, an embedded Triton on the repository)."""
-    import uvicorn
     from pydantic import ValidationError
 
+    from gateway import http_server
     from gateway.app import create_app
     from gateway.settings import GatewaySettings
 
@@ -162,8 +162,8 @@ def serve(**given: Any) -> None:
                else "admin key: from --admin-key")
     if settings.allow_anonymous:
         typer.secho("dev mode: model URLs answer without a key", fg=typer.colors.YELLOW)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
-                access_log=False, timeout_graceful_shutdown=30)
+    http_server.serve(create_app(settings), settings, log_level=settings.log_level, access_log=False,
+                      timeout_graceful_shutdown=30)
 
 
 serve.__signature__ = inspect.Signature(_serve_parameters())  # type: ignore[attr-defined]

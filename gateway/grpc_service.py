@@ -178,8 +178,18 @@ class GrpcServer:
         await self.service.stubs.close()
 
 
+GRPC_IDLE_SECONDS = 300
+
+
 async def start_grpc_server(services: Services, host: str, port: int) -> GrpcServer:
-    options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+    settings = services.settings
+    # The HTTP listener's bounds, in gRPC's terms (docs/reliability.md); idle channels are closed with a
+    # GOAWAY, which gRPC clients answer by reconnecting on their next call.
+    options = [("grpc.max_send_message_length", -1),
+               ("grpc.max_receive_message_length", settings.max_body_bytes),
+               ("grpc.max_metadata_size", settings.max_header_bytes),
+               ("grpc.max_concurrent_streams", 256),
+               ("grpc.max_connection_idle_ms", GRPC_IDLE_SECONDS * 1000)]
     server = grpc.aio.server(options=options)
     service = InferenceService(services)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(service, server)

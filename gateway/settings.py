@@ -28,6 +28,14 @@ class GatewaySettings(BaseSettings):
         default=False, description="Local development: model URLs need no key, endpoints may use auth_mode none."
     )
     max_body_bytes: int = Field(default=100 * 1024 * 1024, gt=0, description="Largest request body (413 above).")
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024, description="Largest request line + headers (431).")
+    max_header_count: int = Field(default=100, ge=8, description="Most header fields in a request (431).")
+    header_timeout_seconds: float = Field(default=10.0, gt=0, description="Time to send a request's headers (408).")
+    body_timeout_seconds: float = Field(default=30.0, gt=0, description="Longest gap within a request body (408).")
+    keep_alive_timeout_seconds: int = Field(default=5, ge=1, description="Idle keep-alive connections close after this.")
+    max_connections: int = Field(
+        default=4096, ge=16, description="Open connections per listener; past it the longest-idle one is closed."
+    )
     upstream_timeout_seconds: float = Field(default=120.0, gt=0, description="Bound on one call to Triton (504).")
     coalesce_depth: int = Field(
         default=4, ge=0, le=1024,

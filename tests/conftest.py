@@ -20,7 +20,8 @@ from turnout.triton.embedded import EmbeddedTriton
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO_ROOT / "examples"
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures"
 
 PackageFactory = Callable[..., Path]
 

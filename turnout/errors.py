@@ -80,6 +80,20 @@ class PayloadTooLarge(TurnoutError):
     code = "payload_too_large"
 
 
+class HeadersTooLarge(TurnoutError):
+    """The request's header block is larger, or has more fields, than the gateway accepts."""
+
+    status = HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
+    code = "headers_too_large"
+
+
+class RequestTimeout(TurnoutError):
+    """The client did not send its request's headers or body in time."""
+
+    status = HTTPStatus.REQUEST_TIMEOUT
+    code = "request_timeout"
+
+
 class UnsupportedMediaType(TurnoutError):
     status = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
     code = "unsupported_media_type"
@@ -146,7 +160,8 @@ class ScriptLoadError(TurnoutError):
 BY_CODE: dict[str, type[TurnoutError]] = {
     cls.code: cls
     for cls in (
-        TurnoutError, BadInput, Unauthorized, Forbidden, NotFound, Conflict, PayloadTooLarge,
+        TurnoutError, BadInput, Unauthorized, Forbidden, NotFound, Conflict, PayloadTooLarge, HeadersTooLarge,
+        RequestTimeout,
         UnsupportedMediaType, ScriptFailed, Overloaded, NodeUnreachable, NotReady, ScoringTimeout,
         PackageError, ScriptLoadError, DeploymentFailed,
     )
