@@ -24,7 +24,7 @@ from gateway.entries import Entries
 from gateway.fleet import Fleet, NodeProvider, provider_for
 from gateway.metrics import Metrics
 from gateway.models import RepositoryModels
-from gateway.rest import admin, errors, fastpath, scoring, system, v2
+from gateway.rest import admin, documented, errors, fastpath, scoring, system, v2
 from gateway.rest.middleware import RequestIdMiddleware
 from gateway.routing import RouteTable
 from gateway.services import Services
@@ -166,4 +166,5 @@ def create_app(settings: GatewaySettings, provider: NodeProvider | None = None) 
     for module in (scoring, v2, admin, system):
         app.include_router(module.router)
     app.add_middleware(RequestIdMiddleware)
+    documented.install(app)
     return app

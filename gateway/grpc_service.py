@@ -19,7 +19,7 @@ from gateway.dataplane import DataPlane, Resolved
 from gateway.nodes import TritonNode
 from gateway.routing import DEPLOYMENT_HEADER
 from gateway.services import Services
-from turnout.errors import GRPC_CODE_FOR_STATUS, NodeUnreachable, TurnoutError, from_wire
+from turnout.errors import GRPC_CODE_FOR_STATUS, BadInput, NodeUnreachable, TurnoutError, from_wire
 
 log = logging.getLogger("turnout.gateway.grpc")
 PIN = DEPLOYMENT_HEADER
@@ -67,6 +67,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
             if parameters is not None and PIN in parameters:
                 pinned = parameters[PIN].string_param
             return self.dataplane.resolve_endpoint(name, pinned or None, credential)
+        if version and not version.isdigit():
+            raise BadInput(f"model_version must be a version number, got {version!r}")
         return self.dataplane.resolve_model(name, int(version) if version else None, credential, v2=True)
 
     async def _forward(self, resolved: Resolved, method: str, request: Any) -> Any:

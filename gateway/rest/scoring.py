@@ -24,20 +24,22 @@ async def _answer(request: Request, dataplane: Data, target: ScoreTarget) -> Res
 
 # POSTs to these URLs are answered by rest/fastpath.py before they reach FastAPI; the routes document
 # them, serve GET (as Azure does), and answer the same way through the same score().
-@router.api_route("/endpoints/{endpoint}/score", methods=["POST", "GET"], summary="Score on an endpoint")
+@router.post("/endpoints/{endpoint}/score", summary="Score on an endpoint")
+@router.get("/endpoints/{endpoint}/score", summary="Score on an endpoint (GET, as Azure allows)")
 async def score_endpoint(endpoint: str, request: Request, dataplane: Data) -> Response:
     """The stable scoring URL. The deployment is picked by traffic weight unless the
     `azureml-model-deployment` header pins one; the response names the deployment that served."""
     return await _answer(request, dataplane, ScoreTarget("endpoint", endpoint))
 
 
-@router.api_route("/models/{model}/score", methods=["POST", "GET"], summary="Score on a model's latest version")
+@router.post("/models/{model}/score", summary="Score on a model's latest version")
+@router.get("/models/{model}/score", summary="Score on a model's latest version (GET)")
 async def score_model(model: str, request: Request, dataplane: Data) -> Response:
     return await _answer(request, dataplane, ScoreTarget("model", model))
 
 
-@router.api_route("/models/{model}/versions/{version}/score", methods=["POST", "GET"],
-                  summary="Score on one version of a model")
+@router.post("/models/{model}/versions/{version}/score", summary="Score on one version of a model")
+@router.get("/models/{model}/versions/{version}/score", summary="Score on one version of a model (GET)")
 async def score_model_version(model: str, version: int, request: Request, dataplane: Data) -> Response:
     return await _answer(request, dataplane, ScoreTarget("model", model, version))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Response
+from fastapi.responses import PlainTextResponse
 
 from gateway.rest.deps import Data, JSONBody, Runtime
 
@@ -31,6 +32,6 @@ async def readyz(services: Runtime) -> Response:
     return JSONBody(body, status_code=200 if services.ready else 503)
 
 
-@router.get("/metrics", summary="Prometheus metrics")
+@router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
 async def metrics(dataplane: Data) -> Response:
     return Response(dataplane.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

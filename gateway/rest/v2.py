@@ -17,6 +17,8 @@ from turnout.wire import HEADER_LENGTH
 router = APIRouter(prefix="/v2", tags=["open inference protocol"])
 _PASSED_REQUEST = ("content-type", "content-encoding", HEADER_LENGTH.lower())
 _PASSED_RESPONSE = ("content-type", "content-encoding", HEADER_LENGTH.lower())
+# Triton answers 500 to a request it cannot parse; these are the caller's mistakes (400).
+_TRITON_PARSE_FAILURES = (b"failed to parse", b"unable to parse", b"attempt to access", b"invalid json")
 
 
 def _resolve(dataplane: Data, name: str, version: int | None, request: Request, credential: str | None) -> Resolved:
@@ -39,6 +41,8 @@ async def _forward(dataplane: Data, name: str, version: int | None, request: Req
         data = _as_called(data, passed, name, version_text, "name" if suffix == "" else "model_name")
     elif status >= 400:  # Triton's message names its entry: name what the caller called
         data = data.replace(resolved.target.entry.encode(), name.encode())
+        if status == 500 and any(marker in data.lower() for marker in _TRITON_PARSE_FAILURES):
+            status = 400
         if status == 400 and b"unexpected inference input" in data and resolved.served.kind == "python_scoring":
             url = f"/{'endpoints' if resolved.kind == 'endpoint' else 'models'}/{name}/score"
             told = orjson.loads(data).get("error", "")
@@ -75,7 +79,8 @@ async def live() -> dict[str, bool]:
 
 @router.get("/health/ready")
 async def ready(services: Runtime) -> Response:
-    return Response(status_code=200 if services.ready else 503)
+    return Response(orjson.dumps({"ready": services.ready}), status_code=200 if services.ready else 503,
+                    media_type="application/json")
 
 
 @router.get("/models/{name}")

@@ -144,3 +144,24 @@ def test_health_and_metrics(gateway: GatewayProcess) -> None:
     metrics = httpx.get(f"{gateway.url}/metrics").text
     assert 'turnout_requests_total{code="200",deployment="1",kind="model",target="schema-azure"}' in metrics
     assert 'turnout_node_up{node="embedded",pool="cpu"} 1.0' in metrics
+
+
+def test_client_mistakes_on_v2_and_grpc_are_client_errors(gateway: GatewayProcess) -> None:
+    """Triton answers 500 to a body it cannot parse; the gateway answers 400 (and INVALID_ARGUMENT)."""
+    url = f"{gateway.url}/v2/models/schema-azure/infer"
+    for body in (b"{bad", b'{"inputs": "x"}', b"[]",
+                 b'{"inputs": [{"name": "BODY", "shape": [-1], "datatype": "BYTES", "data": ["x"]}]}'):
+        answer = httpx.post(url, content=body, headers=gateway.admin)
+        assert answer.status_code == 400, (body, answer.text)
+        assert "error" in answer.json()
+    ready = httpx.get(f"{gateway.url}/v2/health/ready")
+    assert ready.headers["content-type"] == "application/json" and ready.json() == {"ready": True}
+    grpc_client = triton_grpc.InferenceServerClient(f"127.0.0.1:{gateway.grpc_port}")
+    try:
+        tensor = triton_grpc.InferInput("BODY", [1, 1], "BYTES")
+        tensor.set_data_from_numpy(np.array([[b"{}"]], dtype=np.object_))
+        auth = {"authorization": gateway.admin["Authorization"]}
+        with pytest.raises(Exception, match="INVALID_ARGUMENT.*model_version must be a version number"):
+            grpc_client.infer("schema-azure", [tensor], model_version="abc", headers=auth)
+    finally:
+        grpc_client.close()
