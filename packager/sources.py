@@ -17,6 +17,8 @@ import shutil
 import tarfile
 import tempfile
 import zipfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -113,19 +115,70 @@ def from_folder(folder: Path, source: str | None = None) -> StagedPackage:
     return StagedPackage(stage, name, spec, model_name, source or str(folder), _tmp=tmp)
 
 
-def safe_extract(archive: Path, target: Path) -> None:
-    """Extract without letting a member escape ``target`` (absolute paths, '..', links outside)."""
+@dataclass(frozen=True)
+class ArchiveLimits:
+    """Bounds on what one package archive may expand to, checked before anything is written. Each is set by
+    an environment variable (the packager and the gateway read the same ones)."""
+
+    max_bytes: int = 8 * 1024**3  # TURNOUT_ARCHIVE_MAX_BYTES: all members together, uncompressed
+    max_ratio: float = 200.0  # TURNOUT_ARCHIVE_MAX_RATIO: uncompressed size / archive size
+    max_members: int = 20_000  # TURNOUT_ARCHIVE_MAX_MEMBERS
+
+    @classmethod
+    def from_environment(cls) -> ArchiveLimits:
+        defaults = cls()
+        try:
+            return cls(int(os.environ.get("TURNOUT_ARCHIVE_MAX_BYTES", defaults.max_bytes)),
+                       float(os.environ.get("TURNOUT_ARCHIVE_MAX_RATIO", defaults.max_ratio)),
+                       int(os.environ.get("TURNOUT_ARCHIVE_MAX_MEMBERS", defaults.max_members)))
+        except ValueError as exc:
+            raise PackageError(f"TURNOUT_ARCHIVE_MAX_*: {exc}") from None
+
+    def check(self, archive: Path, sizes: Iterable[int]) -> None:
+        """Raises as soon as the members seen so far pass a bound (a tar.gz bomb is not read to its end)."""
+        total, count, packed = 0, 0, max(archive.stat().st_size, 1)
+        for size in sizes:
+            total, count = total + size, count + 1
+            self._check(archive, total, count, packed)
+
+    def _check(self, archive: Path, total: int, count: int, packed: int) -> None:
+        if count > self.max_members:
+            raise PackageError(f"{archive}: more than {self.max_members} members "
+                               "(raise TURNOUT_ARCHIVE_MAX_MEMBERS if this is meant)")
+        if total > self.max_bytes:
+            raise PackageError(f"{archive}: expands to more than {self.max_bytes} bytes "
+                               "(raise TURNOUT_ARCHIVE_MAX_BYTES if this is meant)")
+        if total > 1024**2 and total / packed > self.max_ratio:
+            raise PackageError(f"{archive}: expands more than {total / packed:.0f} times (to {total}+ bytes), over "
+                               f"{self.max_ratio:g} times: an archive bomb? (raise TURNOUT_ARCHIVE_MAX_RATIO if this "
+                               "is meant)")
+
+
+def safe_extract(archive: Path, target: Path, limits: ArchiveLimits | None = None) -> None:
+    """Extract without letting a member escape ``target`` (absolute paths, '..', links outside), and within
+    ``limits`` (the sizes members declare are the sizes written: zipfile and tarfile stop at them)."""
+    limits = limits or ArchiveLimits.from_environment()
     is_zip = archive.name.lower().endswith(".zip")
     try:
         if is_zip:
             with zipfile.ZipFile(archive) as zf:
-                for member in zf.namelist():
-                    if not _inside(target / member, target):
-                        raise PackageError(f"{archive}: member {member!r} would be written outside the package")
+                infos = zf.infolist()
+                for member in infos:
+                    if not _inside(target / member.filename, target):
+                        raise PackageError(f"{archive}: member {member.filename!r} would be written outside the package")
+                limits.check(archive, [m.file_size for m in infos])
                 zf.extractall(target)
         else:
             with tarfile.open(archive) as tf:
-                tf.extractall(target, filter="data")
+                members: list[tarfile.TarInfo] = []
+
+                def sizes() -> Iterator[int]:
+                    for member in tf:
+                        members.append(member)
+                        yield member.size if member.isfile() else 0
+
+                limits.check(archive, sizes())
+                tf.extractall(target, members=members, filter="data")
     except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError) as exc:
         kind = "zip" if is_zip else "tar"
         raise PackageError(f"{archive}: cannot be extracted as a {kind} archive (incomplete or damaged?): {exc}") from None

@@ -113,3 +113,51 @@ def test_azure_deployment_yaml(tmp_path: Path) -> None:
         assert (staged.spec.instance.kind, staged.spec.instance.count) == ("gpu", 2)
         assert staged.spec.timeout_seconds == 2.5
         assert staged.warnings == ["ignored Azure keys (not used by Turnout): scale_settings, environment.image"]
+
+
+def _bomb_zip(path: Path, megabytes: int) -> Path:
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("score.py", SCORE)
+        with zf.open("model/zeros.bin", "w") as member:
+            for _ in range(megabytes):
+                member.write(b"\0" * 1024**2)
+    return path
+
+
+def _bomb_tar(path: Path, megabytes: int, members: int = 1) -> Path:
+    with tarfile.open(path, "w:gz") as tf:
+        info = tarfile.TarInfo("pkg/score.py")
+        info.size = len(SCORE.encode())
+        tf.addfile(info, io.BytesIO(SCORE.encode()))
+        for i in range(members):
+            info = tarfile.TarInfo(f"pkg/model/zeros{i}.bin")
+            info.size = megabytes * 1024**2 // members
+            tf.addfile(info, io.BytesIO(b"\0" * info.size))
+    return path
+
+
+def test_archive_bombs_are_refused_before_anything_is_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    zip_bomb = _bomb_zip(tmp_path / "bomb.zip", 64)  # 64 MiB of zeros in ~64 KB
+    with pytest.raises(PackageError, match=r"expands more than \d+ times.*TURNOUT_ARCHIVE_MAX_RATIO"):
+        resolve_source(str(zip_bomb))
+    tar_bomb = _bomb_tar(tmp_path / "bomb.tar.gz", 64)
+    with pytest.raises(PackageError, match="archive bomb"):
+        resolve_source(str(tar_bomb))
+    assert list((tmp_path / "tmp").iterdir()) == []  # the stage is cleaned
+
+    monkeypatch.setenv("TURNOUT_ARCHIVE_MAX_RATIO", "100000")
+    monkeypatch.setenv("TURNOUT_ARCHIVE_MAX_BYTES", str(16 * 1024**2))
+    with pytest.raises(PackageError, match=r"more than 16777216 bytes.*TURNOUT_ARCHIVE_MAX_BYTES"):
+        resolve_source(str(zip_bomb))
+    monkeypatch.setenv("TURNOUT_ARCHIVE_MAX_MEMBERS", "50")
+    with pytest.raises(PackageError, match="more than 50 members"):
+        resolve_source(str(_bomb_tar(tmp_path / "many.tar.gz", 1, members=100)))
+    # Within the bounds (raised on purpose), the same archive is a package.
+    monkeypatch.setenv("TURNOUT_ARCHIVE_MAX_BYTES", str(128 * 1024**2))
+    with resolve_source(str(zip_bomb)) as staged:
+        assert (staged.root / MODELS_DIR / "model" / "zeros.bin").stat().st_size == 64 * 1024**2
+    assert list((tmp_path / "tmp").iterdir()) == []
