@@ -30,6 +30,7 @@ from gateway.routing import RouteTable
 from gateway.services import Services
 from gateway.settings import GatewaySettings
 from gateway.state import StateStore
+from packager import scratch
 from packager.registry import Registry
 
 log = logging.getLogger("turnout.gateway")
@@ -51,6 +52,7 @@ def build_services(settings: GatewaySettings, provider: NodeProvider | None = No
     for folder in (settings.state_dir, settings.deployments_repository, settings.built_repository):
         folder.mkdir(parents=True, exist_ok=True)
     settings.state_dir.chmod(0o700)  # keys, secrets and the state database live here
+    scratch.sweep(settings.repository, settings.built_repository, settings.deployments_repository)
     metrics = Metrics()
     state = StateStore(settings.database)
     credentials = Credentials(settings.state_dir, settings.admin_key)

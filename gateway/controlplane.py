@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,7 +23,7 @@ from gateway.fleet import Fleet
 from gateway.schemas import DeploymentSpec, EndpointSpec, EndpointUpdate, PackageHeader
 from gateway.settings import GatewaySettings
 from gateway.state import DeploymentRecord, EndpointRecord, StateStore
-from packager import pipeline
+from packager import pipeline, scratch
 from packager.build import TRITON_VERSION
 from packager.naming import deployment_entry, deployment_model
 from packager.openapi import build_document
@@ -266,7 +265,7 @@ class ControlPlane:
     async def create_or_update_deployment(
         self, endpoint: str, deployment: str, archive: bytes, all_traffic: bool
     ) -> dict[str, Any]:
-        with tempfile.TemporaryDirectory(prefix="turnout-upload-") as tmp:
+        with scratch.temporary("upload") as tmp:
             root = Path(tmp)
             (root / "upload.tar.gz").write_bytes(archive)
             safe_extract(root / "upload.tar.gz", root / "package")

@@ -36,7 +36,7 @@ from packager import pipeline
 from packager.naming import drop_entry
 from packager.registry import Registry
 from packager.spec import looks_like_azure_deployment
-from turnout.errors import TurnoutError
+from turnout.errors import PackageError, TurnoutError
 
 log = logging.getLogger("turnout.gateway.dropzone")
 PENDING_MARKER = ".turnout-pending"
@@ -88,6 +88,13 @@ def _newest_change(path: Path) -> float:
         return time.time()
 
 
+def _age(path: Path) -> tuple[float, str]:
+    try:
+        return path.lstat().st_mtime, path.name
+    except OSError:
+        return time.time(), path.name
+
+
 @dataclass(frozen=True)
 class Built:
     info: EntryInfo
@@ -110,7 +117,8 @@ class DropZone:
 
     # --- finding work ---
     async def initial_scan(self, settle_timeout: float = 30.0) -> None:
-        items = sorted(p.name for p in self.repository.iterdir()) if self.repository.is_dir() else []
+        # Oldest first: of two drops claiming one model name, the one that was there first keeps it.
+        items = [p.name for p in sorted(self.repository.iterdir(), key=_age)] if self.repository.is_dir() else []
         for name in items:
             if await self._quiet(self.repository / name, settle_timeout):
                 await self.process(name)
@@ -200,6 +208,10 @@ class DropZone:
                 self.models.report_failure(name, f"{name}: {exc.message}", exc.details.get("model"),
                                            exc.details.get("log_tail", ""))
                 return
+            except Exception as exc:  # an unreadable drop (a link loop, permissions) is reported like any other
+                log.exception("drop %s could not be read", name)
+                self.models.report_failure(name, f"{name}: could not be read ({type(exc).__name__}: {exc})", None, "")
+                return
             if model is None:
                 return
             if model.ready:
@@ -215,7 +227,10 @@ class DropZone:
             info = await asyncio.to_thread(read_entry, path)
             built = Built(info) if info is not None else None
         else:
-            built = await asyncio.to_thread(self._build_package, path)
+            claimed: dict[str, str | None] = {m.info.name: m.drop for m in self.models.all()
+                       if m.drop not in (None, name) and m.state not in (EntryState.unloaded, EntryState.removed)
+                       and m.info.kind != "package"}
+            built = await asyncio.to_thread(self._build_package, path, name, claimed)
         if built is None:
             return None
         info = built.info
@@ -224,8 +239,14 @@ class DropZone:
             return current  # the same content again (a restart, a touch): nothing to do
         return await self.models.load(info, drop=name, mode=built.mode)
 
-    def _build_package(self, path: Path) -> Built | None:
+    def _build_package(self, path: Path, name: str, claimed: dict[str, str | None]) -> Built | None:
         with pipeline.stage(_source_for(path), self.registry) as staged:
+            owner = claimed.get(staged.name)
+            if owner is not None:
+                # Two drops whose names sanitise alike ("coll a", "coll-a") would replace each other's versions,
+                # and deleting either would take the model away.
+                raise PackageError(f"it would serve as model {staged.name!r}, which the drop {owner!r} serves "
+                                   f"already; rename it, or set another name: in its model.yaml", details={})
             ingested = pipeline.ingest(staged, self.registry, self.settings.built_repository,
                                        lambda record: drop_entry(record.name, record.version))
         info = read_entry(ingested.built.path)

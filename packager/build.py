@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from packager import scratch
 from packager.naming import model_entry
 from packager.package import PACKAGE_FILE, StagedPackage
 from packager.spec import check_name
@@ -56,7 +56,8 @@ def build_entry(
         except PackageError:
             pass  # not ours or broken: replace it
     repository.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=repository))
+    scratch.sweep(repository)  # a killed build's staged entry
+    staging = scratch.staging(repository)
     try:
         staged = staging / entry
         version_dir = staged / TRITON_VERSION

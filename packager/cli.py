@@ -9,7 +9,7 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from packager import pipeline
+from packager import pipeline, scratch
 from packager.inspection import Inspection, inspect_package
 from packager.package import StagedPackage
 from packager.registry import Registry, default_registry_root
@@ -235,6 +235,7 @@ def test_(
 
 
 def main() -> None:
+    scratch.sweep()  # stages a killed packager left in the temporary directory
     try:
         app()
     except TurnoutError as exc:

@@ -15,11 +15,11 @@ import ast
 import json
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from packager import scratch
 from packager.package import StagedPackage
 from turnout.errors import PackageError
 from turnout.manifest import CODE_DIR, Manifest, ScoringKind
@@ -106,7 +106,7 @@ def check_entry_points(package: StagedPackage) -> None:
 def inspect_package(package: StagedPackage, version: int = 1) -> Inspection:
     check_entry_points(package)
     manifest = package.manifest(version)
-    with tempfile.TemporaryDirectory(prefix="turnout-inspect-") as tmp:
+    with scratch.temporary("inspect") as tmp:
         manifest_file = Path(tmp) / "manifest.json"
         manifest_file.write_text(manifest.to_json(), encoding="utf-8")
         try:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -18,6 +17,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from packager import scratch
 from packager.package import PACKAGE_FILE, StagedPackage, parse_reference
 from packager.spec import PackageSpec, check_name
 from turnout.errors import Conflict, NotFound, PackageError
@@ -176,7 +176,8 @@ class Registry:
     def _write(self, package: StagedPackage, record: PackageRecord) -> None:
         final = self.path_of(record)
         final.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
+        scratch.sweep(self.root)  # a killed register's half-copied package
+        staging = scratch.staging(self.root)
         try:
             shutil.copytree(package.root, staging / "pkg", ignore=shutil.ignore_patterns(PACKAGE_FILE))
             (staging / "pkg" / PACKAGE_FILE).write_text(record.model_dump_json(indent=2) + "\n", encoding="utf-8")

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from packager import scratch
 from packager.package import (
     SPEC_FILE,
     StagedPackage,
@@ -45,12 +46,34 @@ _IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".git", ".ipynb_checkp
 
 
 def _new_stage() -> tuple[Path, tempfile.TemporaryDirectory[str]]:
-    tmp = tempfile.TemporaryDirectory(prefix="turnout-package-")
+    tmp = scratch.temporary("package")
     return Path(tmp.name), tmp
 
 
 def _inside(path: Path, folder: Path) -> bool:
     return path.resolve().is_relative_to(folder.resolve())
+
+
+def check_links(tree: Path, roots: Iterable[Path]) -> None:
+    """Refuse a symbolic link in ``tree`` that leads outside ``roots`` (its content would be copied into the
+    package: a drop could carry any readable file of the server), that loops, or that leads nowhere."""
+    allowed = [root.resolve() for root in roots]
+    if not tree.is_dir():
+        return
+    for folder, dirs, files in os.walk(tree, followlinks=False):
+        for name in dirs + files:
+            path = Path(folder) / name
+            if not path.is_symlink():
+                continue
+            shown = path.relative_to(tree) if path.is_relative_to(tree) else path
+            try:
+                target = path.resolve(strict=True)
+            except (OSError, RuntimeError):
+                raise PackageError(f"{tree}: the symbolic link {str(shown)!r} loops or leads nowhere; "
+                                   "replace it with the file it should be") from None
+            if not any(target == root or target.is_relative_to(root) for root in allowed):
+                raise PackageError(f"{tree}: the symbolic link {str(shown)!r} leads outside the package (to {target}); "
+                                   "copy the file into the package instead")
 
 
 def _copy_model(model: Path, stage: Path) -> str:
@@ -102,6 +125,8 @@ def from_folder(folder: Path, source: str | None = None) -> StagedPackage:
     code_dir = (folder / spec.code).resolve()
     model_path = folder / spec.model_path if spec.model_path else folder / "model"
     has_model = model_path.exists() or spec.model_path is not None
+    for tree in (code_dir, model_path):
+        check_links(tree, (folder, code_dir, model_path))
     stage, tmp = _new_stage()
     try:
         _copy_code(code_dir, stage, skip=[model_path, spec_file])
@@ -196,7 +221,7 @@ def bare_model(model: Path, name: str, source: str) -> StagedPackage:
 
 
 def from_archive(archive: Path) -> StagedPackage:
-    with tempfile.TemporaryDirectory(prefix="turnout-archive-") as tmp:
+    with scratch.temporary("archive") as tmp:
         target = Path(tmp)
         safe_extract(archive, target)
         entries = [p for p in target.iterdir() if not p.name.startswith(".")]

@@ -3,10 +3,10 @@ request and report what came back, with the entry's own log."""
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from packager import scratch
 from packager.build import build_entry
 from packager.package import SAMPLE_REQUEST, StagedPackage
 from turnout.errors import PackageError, TurnoutError
@@ -47,7 +47,7 @@ def _tail(path: Path, lines: int = 40) -> str:
 
 
 def run_package_test(package: StagedPackage, body: bytes, content_type: str = "application/json") -> TestOutcome:
-    with tempfile.TemporaryDirectory(prefix="turnout-test-") as tmp:
+    with scratch.temporary("test") as tmp:
         repository = Path(tmp) / "repository"
         entry = build_entry(package, repository).name
         with EmbeddedTriton(repository=repository, work_dir=Path(tmp) / "triton") as triton:

@@ -76,3 +76,76 @@ async def test_a_bad_drop_is_reported_and_the_previous_version_keeps_serving(
         assert "it defines initialize, score" in failed["reason"]
         assert models[("risk", 1)]["state"] == "ready"
         assert (await gw.http.post("/models/risk/score", content=b"[1]", headers=gw.admin)).status_code == 200
+
+
+async def test_drops_whose_names_sanitise_alike_do_not_replace_each_other(
+        tmp_path: Path, make_package: PackageFactory) -> None:
+    settings = settings_for(tmp_path)
+    settings.repository.mkdir(parents=True)
+    async with inprocess(settings) as gw:
+        await until(lambda: gw.services.loaded)
+        zone = gw.services.dropzone
+        shutil.copytree(make_package(HOOKS), settings.repository / "coll-a")
+        await zone.process("coll-a")
+        shutil.copytree(make_package(HOOKS + "# another\n"), settings.repository / "coll a")
+        await zone.process("coll a")
+        models = {(m["name"], m["version"]): m for m in (await gw.http.get("/models", headers=gw.admin)).json()}
+        assert models[("coll-a", 1)]["state"] == "ready" and ("coll-a", 2) not in models
+        refused = models[("coll a", 0)]
+        assert refused["state"] == "failed" and "which the drop 'coll-a' serves already" in refused["reason"]
+        # Deleting the refused one leaves the model serving.
+        shutil.rmtree(settings.repository / "coll a")
+        await zone.process("coll a")
+        assert (await gw.http.post("/models/coll-a/score", content=b"[1]", headers=gw.admin)).status_code == 200
+
+
+async def test_links_leaving_a_drop_and_unreadable_drops_are_reported(
+        tmp_path: Path, make_package: PackageFactory) -> None:
+    settings = settings_for(tmp_path)
+    settings.repository.mkdir(parents=True)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("the server's own file")
+    async with inprocess(settings) as gw:
+        await until(lambda: gw.services.loaded)
+        zone = gw.services.dropzone
+        leaky = settings.repository / "leaky"
+        shutil.copytree(make_package(HOOKS), leaky)
+        (leaky / "model").mkdir(exist_ok=True)
+        (leaky / "model" / "weights.txt").symlink_to(secret)
+        await zone.process("leaky")
+        looping = settings.repository / "looping"
+        shutil.copytree(make_package(HOOKS), looping)
+        (looping / "a").symlink_to(looping / "b")
+        (looping / "b").symlink_to(looping / "a")
+        await zone.process("looping")
+        inside = settings.repository / "inside"
+        shutil.copytree(make_package(HOOKS), inside)
+        (inside / "model").mkdir(exist_ok=True)
+        (inside / "model" / "w.txt").write_text("1")
+        (inside / "model" / "alias.txt").symlink_to(inside / "model" / "w.txt")
+        await zone.process("inside")
+        models = {m["name"]: m for m in (await gw.http.get("/models", headers=gw.admin)).json()}
+        assert models["leaky"]["state"] == "failed" and "leads outside the package" in models["leaky"]["reason"]
+        assert models["looping"]["state"] == "failed" and "loops or leads nowhere" in models["looping"]["reason"]
+        assert models["inside"]["state"] == "ready"  # a link within the package is fine
+        assert not any("the server's own file" in p.read_text(errors="replace")
+                       for p in settings.state_dir.rglob("*.txt") if p.is_file())
+
+
+async def test_a_drop_that_fails_outside_our_errors_is_reported(tmp_path: Path, make_package: PackageFactory,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil as shutil_module
+
+    settings = settings_for(tmp_path)
+    settings.repository.mkdir(parents=True)
+    async with inprocess(settings) as gw:
+        await until(lambda: gw.services.loaded)
+        shutil.copytree(make_package(HOOKS), settings.repository / "odd")
+
+        def broken_copy(*args: object, **kwargs: object) -> None:
+            raise shutil_module.Error([("a", "b", "[Errno 40] Too many levels of symbolic links")])
+
+        monkeypatch.setattr("packager.sources.shutil.copytree", broken_copy)
+        await gw.services.dropzone.process("odd")
+        models = {m["name"]: m for m in (await gw.http.get("/models", headers=gw.admin)).json()}
+        assert models["odd"]["state"] == "failed" and "could not be read (Error:" in models["odd"]["reason"]

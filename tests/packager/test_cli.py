@@ -116,3 +116,27 @@ def test_a_bare_model_registered_as_azure_does_serves_a_deployment_that_names_it
     assert "loads as azure-online" in packager("validate", str(tmp_path / "deployment.yml"), registry=registry).stdout
     missing = packager("model", "create", "-f", str(tmp_path / "deployment.yml"), registry=registry, check=False)
     assert missing.returncode == 2 and "unknown key" in missing.stderr
+
+
+def test_a_killed_packager_leaves_no_stage_behind_for_good(tmp_path: Path) -> None:
+    """SIGKILL during validate leaves its stage (nothing can clean up after SIGKILL); the next run removes it."""
+    import signal
+    import time
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    package = tmp_path / "slow"
+    package.mkdir()
+    (package / "score.py").write_text("import time\n\ndef init():\n    time.sleep(60)\n\ndef run(raw):\n    return raw\n")
+    env = {**os.environ, "TMPDIR": str(scratch), "TURNOUT_REGISTRY": str(tmp_path / "registry")}
+    killed = subprocess.Popen([str(Path(sys.executable).parent / "packager"), "validate", str(package)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while not any(p.name.startswith("turnout-inspect-") for p in scratch.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait()
+    left = sorted(p.name for p in scratch.iterdir())
+    assert any(name.startswith("turnout-package-") for name in left), left
+    subprocess.run([str(Path(sys.executable).parent / "packager"), "list"], env=env, check=True, capture_output=True)
+    assert sorted(p.name for p in scratch.iterdir()) == []
