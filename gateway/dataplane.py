@@ -145,9 +145,17 @@ class DataPlane:
             code = answer.status if isinstance(answer, ScoringResult) else answer[0] if isinstance(answer, tuple) else 200
             return answer
         except TurnoutError as exc:
-            code = int(exc.status)
             if exc.details.get("crashed"):
-                self.entries.report_crash(key, "a request found its process gone")
+                bound = resolved.served.script_timeout
+                if bound is not None and time.perf_counter() - started >= bound:
+                    # The backend's watchdog ended a process stuck past its bound in a call Python could not
+                    # interrupt (turnout/scoring/guard.py): for the caller that is the timeout it is.
+                    exc = ScoringTimeout(f"{resolved.kind} {resolved.name!r}: the script did not return within its "
+                                         f"timeout_seconds ({bound:g} s); its process was ended and is restarted")
+                    self.entries.report_crash(key, f"a call ran past timeout_seconds ({bound:g} s) and was ended")
+                else:
+                    self.entries.report_crash(key, "a request found its process gone")
+            code = int(exc.status)
             raise exc.with_header(*resolved.answered_by) from None
         except TimeoutError:
             code = 504

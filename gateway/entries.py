@@ -56,6 +56,7 @@ class Entry:
     configs: dict[str, dict[str, Any]] = field(default_factory=dict)  # load-time config per node name
     coalescing: Coalescing = field(default_factory=Coalescing)
     missing: set[str] = field(default_factory=set)  # nodes that lost it (restarted); reloading there
+    script_timeout: float | None = None  # its manifest's timeout_seconds: the bound on one call into the script
 
     @property
     def serving_nodes(self) -> tuple[TritonNode, ...]:

@@ -61,6 +61,7 @@ class Served:
     max_inflight: int | None = None
     timeout: float | None = None  # the deployment's request_timeout (Azure's request_settings)
     private: bool = False  # a deployment's load failure is for its owner (get-logs), not its scorers
+    script_timeout: float | None = None  # timeout_seconds of its manifest (a stuck call ends its process)
 
     def ready_target(self, what: str) -> Target:
         if self.target is None and self.state in GONE:
@@ -149,7 +150,8 @@ class RouteTable:
         for model in self.models.all():
             info = model.info
             target = Target(info.entry, model.serving_nodes, info.coalescing) if model.ready else None
-            models.setdefault(info.name, {})[info.version] = Served(target, model.state, model.reason, kind=info.kind)
+            models.setdefault(info.name, {})[info.version] = Served(target, model.state, model.reason, kind=info.kind,
+                                                                    script_timeout=model.script_timeout)
         return models
 
     def _endpoints(self) -> dict[str, EndpointRoute]:
@@ -167,7 +169,8 @@ class RouteTable:
                     continue
                 target = Target(entry.name, entry.serving_nodes, entry.coalescing) if entry.ready else None
                 served[record.name] = Served(target, entry.state, entry.reason, max_inflight=limit,
-                                             timeout=record.request_timeout_seconds, private=True)
+                                             timeout=record.request_timeout_seconds, private=True,
+                                             script_timeout=entry.script_timeout)
             mirror = next(iter(endpoint.mirror_traffic.items()), None)
             endpoints[endpoint.name] = EndpointRoute(
                 name=endpoint.name,

@@ -22,7 +22,7 @@ import triton_python_backend_utils as pb_utils
 from turnout import wire
 from turnout.errors import TRITON_CODE_FOR_STATUS, BadInput, TurnoutError
 from turnout.manifest import Manifest
-from turnout.scoring import Scorer, load_scorer
+from turnout.scoring import Scorer, guard, load_scorer
 from turnout.wire import ScoringRequest, ScoringResult
 
 log = logging.getLogger("turnout.backend")
@@ -58,6 +58,7 @@ def _configure_logging(entry: str) -> None:
         sys.stdout = _Tee(sys.stdout, log_file)
         sys.stderr = _Tee(sys.stderr, log_file)
         handlers[0] = logging.StreamHandler(sys.__stderr__)
+        guard.deadline_log = log_file
     # The root logger, so a script's own logging.info() lands in the entry's log as it does on Azure.
     root = logging.getLogger()
     root.handlers.clear()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -14,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import FIXTURES
 from tests.gateway.conftest import BIN, GatewayProcess
 from turnout.triton.embedded import processes_in_group
 
@@ -110,3 +112,35 @@ def test_a_killed_embedded_triton_is_reaped_restarted_and_serves_again(napping_g
         gw.stop()
         # The stop no longer waits out its graceful timeout on connections the dead server's stubs held.
         assert time.monotonic() - stopping < 25
+
+
+def test_a_call_stuck_in_c_past_its_bound_answers_504_and_its_process_is_restarted(tmp_path: Path) -> None:
+    """SIGALRM cannot interrupt a C call that holds the GIL (the issue: a 3 s bound answered after 31 s);
+    the backend's watchdog ends the process just past the bound and the gateway heals it."""
+    repository = tmp_path / "repository"
+    package = tmp_path / "stuck"
+    shutil.copytree(FIXTURES / "broken" / "c_call_hangs", package)
+    subprocess.run([str(BIN / "packager"), "build", str(package), "-r", str(repository)], check=True,
+                   capture_output=True)
+    gw = GatewayProcess(repository, tmp_path / "state", "--allow-anonymous", "--health-interval-seconds", "1").start()
+    try:
+        url = f"{gw.url}/models/stuck/score"
+        assert httpx.post(url, content=b"fine", timeout=30).status_code == 200
+        started = time.monotonic()
+        answer = httpx.post(url, content=b"hang", timeout=60)
+        took = time.monotonic() - started
+        assert answer.status_code == 504, answer.text
+        assert "timeout_seconds (2 s)" in answer.json()["error"]["message"]
+        assert took < 2 + 4, took  # the bound, the watchdog's grace, Triton noticing: not the call's 30 s
+        healed = None
+        while time.monotonic() - started < 60:
+            if httpx.post(url, content=b"fine", timeout=30).status_code == 200:
+                healed = time.monotonic() - started
+                break
+            time.sleep(0.2)
+        assert healed is not None
+        entry_logs = list((tmp_path / "state" / "triton" / "logs").glob("*stuck*.log"))
+        assert any("Timeout (0:00:03)!" in p.read_text() for p in entry_logs), [p.read_text()[-500:] for p in entry_logs]
+        print(json.dumps({"answered_504_after": round(took, 2), "serving_again_after": round(healed, 2)}))
+    finally:
+        gw.stop()

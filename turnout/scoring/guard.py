@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import logging
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,16 +23,30 @@ class _Deadline(BaseException):
     swallow it and keep running past its bound."""
 
 
+# How long past its bound a call that Python cannot interrupt may run before the process ends itself.
+HARD_DEADLINE_GRACE = 1.0
+# Where the watchdog writes the stuck call's stack: the entry's own log once the backend has opened it.
+deadline_log: Any = None
+
+
 @contextlib.contextmanager
 def _alarm(seconds: float) -> Iterator[None]:
+    """SIGALRM raises into the script at its bound; but Python runs a signal handler only between bytecodes,
+    so a long C call (a native library, ``ctypes``) would run on, blocking the instance. For that, a watchdog
+    thread of faulthandler's own, which needs no GIL, dumps where the script is stuck and ends the process
+    ``HARD_DEADLINE_GRACE`` later: Triton fails its requests, the gateway answers 504 and restarts it."""
+
     def _expire(signum: int, frame: object) -> None:
         raise _Deadline()
 
     previous = signal.signal(signal.SIGALRM, _expire)
     signal.setitimer(signal.ITIMER_REAL, seconds)
+    faulthandler.dump_traceback_later(seconds + HARD_DEADLINE_GRACE, exit=True,
+                                      file=deadline_log or sys.__stderr__ or sys.stderr)
     try:
         yield
     finally:
+        faulthandler.cancel_dump_traceback_later()
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
 
