@@ -106,6 +106,7 @@ async def watch_health(services: Services) -> None:
         await services.fleet.check_health()
         for node, loaded in await services.fleet.loaded_entries():
             services.entries.reconcile(node, loaded)
+        services.entries.record_memory(await asyncio.to_thread(services.fleet.provider.memory))
         await services.entries.probe()
 
 

@@ -134,6 +134,7 @@ class DataPlane:
                              ).with_header(*resolved.answered_by)
         self.entries.acquire(key)
         started = time.perf_counter()
+        generation = self.entries.generation(key)
         code = 500
         timeout = resolved.served.timeout
         try:
@@ -152,9 +153,10 @@ class DataPlane:
                     # interrupt (turnout/scoring/guard.py): for the caller that is the timeout it is.
                     exc = ScoringTimeout(f"{resolved.kind} {resolved.name!r}: the script did not return within its "
                                          f"timeout_seconds ({bound:g} s); its process was ended and is restarted")
-                    self.entries.report_crash(key, f"a call ran past timeout_seconds ({bound:g} s) and was ended")
+                    self.entries.report_crash(key, f"a call ran past timeout_seconds ({bound:g} s) and was ended",
+                                              seen=generation)
                 else:
-                    self.entries.report_crash(key, "a request found its process gone")
+                    self.entries.report_crash(key, "a request found its process gone", seen=generation)
             code = int(exc.status)
             raise exc.with_header(*resolved.answered_by) from None
         except TimeoutError:

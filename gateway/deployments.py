@@ -56,7 +56,7 @@ class Deployments:
             self.entries.set_state(entry, EntryState.failed, exc.message)
         else:
             entry.configs, entry.coalescing = layout.configs, layout.coalescing
-            entry.script_timeout = manifest.timeout_seconds
+            entry.script_timeout, entry.memory_limit = manifest.timeout_seconds, manifest.memory_limit_bytes
             await self.entries.load(entry, layout.nodes)
         if entry.state is EntryState.failed:
             log.error("deployment %s/%s failed: %s", record.endpoint, record.name, entry.reason)

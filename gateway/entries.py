@@ -57,6 +57,9 @@ class Entry:
     coalescing: Coalescing = field(default_factory=Coalescing)
     missing: set[str] = field(default_factory=set)  # nodes that lost it (restarted); reloading there
     script_timeout: float | None = None  # its manifest's timeout_seconds: the bound on one call into the script
+    memory_limit: int | None = None  # bytes one instance may use (its manifest); past it, it is restarted
+    memory: dict[str, list[int]] = field(default_factory=dict)  # node -> bytes per instance, last measured
+    heals: int = 0  # restarts completed: a failure seen by a call that started before one is not reported
 
     @property
     def serving_nodes(self) -> tuple[TritonNode, ...]:
@@ -73,8 +76,11 @@ class Entry:
         return True
 
     def health(self) -> dict[str, Any]:
+        measured = [b for per_node in self.memory.values() for b in per_node]
         return {"state": self.state.value, "reason": self.reason, "nodes": [n.name for n in self.nodes],
                 "restarts": self.restarts, "last_crash": self.last_crash,
+                "memory_bytes": sum(measured) if measured else None,
+                **({"memory_limit_bytes": self.memory_limit} if self.memory_limit else {}),
                 **({"missing_on": sorted(self.missing)} if self.missing else {})}
 
 
@@ -203,25 +209,50 @@ class Entries:
             for node in entry.serving_nodes:
                 if not node.healthy:
                     continue
+                seen = entry.heals
                 try:
                     await node.probe(entry.name)
                 except NotReady as exc:
                     if exc.details.get("crashed"):
-                        self.report_crash(entry.name, "found by the health probe")
+                        self.report_crash(entry.name, "found by the health probe", seen=seen)
                 except TurnoutError:
                     pass
 
-    def report_crash(self, name: str, reason: str) -> None:
-        """Heal an entry whose stub process died (from a failed request or a probe); once at a time."""
+    def generation(self, name: str) -> int:
+        """How many restarts ``name`` has completed (a caller keeps it to report a crash it saw)."""
+        entry = self._entries.get(name)
+        return entry.heals if entry is not None else 0
+
+    def record_memory(self, measured: dict[str, dict[str, list[int]]]) -> None:
+        """The bytes each entry's instances use per node; an instance over its entry's limit is restarted."""
+        for entry in self:
+            for node in entry.nodes:
+                if node.name not in measured:
+                    continue
+                instances = measured[node.name].get(entry.name, [])
+                entry.memory[node.name] = instances
+                self.metrics.memory.labels(entry.name, node.name).set(sum(instances))
+                largest = max(instances, default=0)
+                if entry.memory_limit and largest > entry.memory_limit and entry.state in SERVING:
+                    self.report_crash(entry.name, f"an instance used {_size(largest)}, over its memory limit of "
+                                                  f"{_size(entry.memory_limit)}", crashed=False)
+
+    def report_crash(self, name: str, reason: str, *, seen: int | None = None, crashed: bool = True) -> None:
+        """Heal an entry whose stub process died (from a failed request or a probe), or restart one that must
+        be (``crashed=False``: over its memory limit); once at a time. ``seen``: the entry's generation when
+        the caller started; a failure seen by a call older than the last restart is that restart's past."""
         entry = self._entries.get(name)
         if entry is None or name in self._healing or entry.state not in (*SERVING, EntryState.restarting):
+            return
+        if seen is not None and seen != entry.heals:
             return
         entry.restarts += 1
         entry.last_crash = f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}: {reason}"
         now = time.monotonic()
         entry.crash_times = [t for t in entry.crash_times if now - t < CRASH_WINDOW_SECONDS] + [now]
         self.metrics.restarts.labels(name).inc()
-        self.set_state(entry, EntryState.restarting, f"its process crashed ({reason}); restarting")
+        why = f"its process crashed ({reason})" if crashed else reason
+        self.set_state(entry, EntryState.restarting, f"{why}; restarting")
         self._healing[name] = asyncio.create_task(self._heal(entry), name=f"turnout-heal-{name}")
 
     async def _heal(self, entry: Entry) -> None:
@@ -238,6 +269,7 @@ class Entries:
         except TurnoutError as exc:
             entry.state, entry.reason = EntryState.failed, f"restart after a crash failed: {exc.message}"
         finally:
+            entry.heals += 1
             self._healing.pop(entry.name, None)
             self.changed()
 
@@ -246,3 +278,10 @@ class Entries:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _size(count: int) -> str:
+    for unit, scale in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count} B"

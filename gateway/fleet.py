@@ -17,6 +17,7 @@ from gateway.nodes import Node, NodeSpec, TritonNode, load_nodes_file
 from gateway.settings import GatewaySettings
 from turnout.errors import TurnoutError
 from turnout.triton.embedded import EmbeddedTriton
+from turnout.triton.processes import stub_memory
 from turnout.triton.supervisor import Supervisor
 
 log = logging.getLogger("turnout.gateway.fleet")
@@ -34,6 +35,10 @@ class NodeProvider(Protocol):
 
     def status(self) -> dict[str, Any]:
         """What the provider knows beyond the nodes' health (a supervised Triton's restarts), for /healthz."""
+        ...
+
+    def memory(self) -> dict[str, dict[str, list[int]]]:
+        """Per node it can see into, per entry: the bytes each instance uses (blocking: reads /proc)."""
         ...
 
 
@@ -55,6 +60,9 @@ class NodesFileProvider:
 
     def status(self) -> dict[str, Any]:
         return {}
+
+    def memory(self) -> dict[str, dict[str, list[int]]]:
+        return {}  # remote nodes: not measured here (docs/reliability.md)
 
 
 class EmbeddedProvider:
@@ -95,6 +103,10 @@ class EmbeddedProvider:
 
     def status(self) -> dict[str, Any]:
         return {"embedded_triton": self.supervisor.status.as_dict()} if self.supervisor is not None else {}
+
+    def memory(self) -> dict[str, dict[str, list[int]]]:
+        pid = self.triton.pid if self.triton is not None and self.triton.is_running() else None
+        return {self.NAME: stub_memory(pid)} if pid is not None else {}
 
 
 def provider_for(settings: GatewaySettings, metrics: Metrics) -> NodeProvider:

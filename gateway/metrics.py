@@ -32,6 +32,9 @@ class Metrics:
             "turnout_upstream_batch_size", "Scoring requests carried by each Triton request (coalescing).",
             ["node", "entry"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=self.registry,
         )
+        self.memory = Gauge("turnout_entry_memory_bytes",
+                            "Memory of an entry's instances on a node (proportional set size of its stubs).",
+                            ["entry", "node"], registry=self.registry)
         self.restarts = Counter("turnout_entry_restarts", "Entries restarted after their process crashed.",
                                 ["entry"], registry=self.registry)
 

@@ -65,7 +65,8 @@ class RepositoryModels:
 
     async def load(self, info: EntryInfo, drop: str | None, mode: str = "") -> ModelEntry:
         model = ModelEntry(name=info.entry, info=info, drop=drop, coalescing=info.coalescing, mode=mode,
-                           script_timeout=info.manifest.timeout_seconds if info.manifest else None)
+                           script_timeout=info.manifest.timeout_seconds if info.manifest else None,
+                           memory_limit=info.manifest.memory_limit_bytes if info.manifest else None)
         previous = self.get(info.entry)
         if previous is not None and previous.ready:
             model.nodes, model.state = previous.nodes, EntryState.ready  # a reload: the old one serves meanwhile

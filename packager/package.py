@@ -82,6 +82,7 @@ class StagedPackage:
             max_batch_size=self.spec.batching.max_batch_size,
             dynamic_batching=self.spec.batching.enabled,
             max_queue_delay_microseconds=self.spec.batching.max_queue_delay_microseconds,
+            memory_limit_bytes=int(self.spec.memory_limit) if self.spec.memory_limit is not None else None,
         )
 
 

@@ -282,6 +282,7 @@ def _spec_from_azure(deployment: AzureDeployment, scoring_script: str) -> Packag
         environment_variables=deployment.environment_variables,
         instance_type=deployment.instance_type,
         batch_settings=deployment.settings or {},
+        memory_limit=deployment.memory_limit,
     )
     spec.instance.count = deployment.instance_count
     if deployment.instance_type:

@@ -12,7 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from turnout.errors import PackageError
-from turnout.manifest import InstanceKind, ScoringKind
+from turnout.manifest import InstanceKind, ScoringKind, parse_bytes
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
@@ -78,6 +78,14 @@ class PackageSpec(Strict):
     environment_variables: dict[str, str] = Field(default_factory=dict)
     signature: dict[str, Any] | None = Field(default=None, description="Optional typed signature (OpenAPI).")
     batch_settings: dict[str, Any] = Field(default_factory=dict, description="Azure batch deployment settings.")
+    memory_limit: int | str | None = Field(
+        default=None, description="Most memory one instance may use (bytes, or 512Mi, 2Gi); past it it is restarted."
+    )
+
+    @field_validator("memory_limit")
+    @classmethod
+    def _size(cls, value: int | str | None) -> int | None:
+        return None if value is None else parse_bytes(value, "memory_limit")
 
     @field_validator("name")
     @classmethod
@@ -238,6 +246,7 @@ class AzureDeployment(BaseModel):
     environment_variables: dict[str, str] = Field(default_factory=dict)
     instance_type: str | None = None
     instance_count: int = Field(default=1, ge=1)
+    memory_limit: int | str | None = Field(default=None, description="Taken from resources.limits.memory.")
     request_settings: AzureRequestSettings | None = None
     settings: dict[str, Any] | None = None
 
@@ -290,6 +299,9 @@ def load_azure_deployment(path: Path, overrides: dict[str, Any] | None = None) -
               if isinstance(data.get(section), dict) and data[section].get(key) is not None]
     batch = {k: data.pop(k) for k in list(data) if k in AZURE_BATCH_KEYS}
     resources = data.get("resources")
+    limits = resources.get("limits") if isinstance(resources, dict) else None
+    if isinstance(limits, dict) and limits.get("memory") is not None:  # Kubernetes online deployments
+        data["memory_limit"] = limits["memory"]
     for key in ignored:
         data.pop(key)
     ignored += [f"{section}.{key}" for section, key in nested]  # accepted, kept, not acted on

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -69,6 +70,7 @@ class Manifest:
     max_batch_size: int = 64
     dynamic_batching: bool = True
     max_queue_delay_microseconds: int = 0
+    memory_limit_bytes: int | None = None  # an instance using more is restarted by the gateway
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", ScoringKind(self.kind))
@@ -158,9 +160,29 @@ _TYPES: dict[str, tuple[Any, str]] = {
     "signature": (_optional(lambda v: isinstance(v, dict)), "an object or null"),
     "sample_request": (_optional(lambda v: isinstance(v, str)), "a string or null"),
     "source": (lambda v: isinstance(v, str), "a string"),
+    "memory_limit_bytes": (_optional(_is_int), "an integer or null"),
     "instance_kind": (lambda v: isinstance(v, str), "cpu or gpu"),
     "instance_count": (_is_int, "an integer"),
     "max_batch_size": (_is_int, "an integer"),
     "dynamic_batching": (lambda v: isinstance(v, bool), "true or false"),
     "max_queue_delay_microseconds": (_is_int, "an integer"),
 }
+
+
+_UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4,
+          "ki": 1024, "mi": 1024**2, "gi": 1024**3, "ti": 1024**4}
+_QUANTITY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?)?b?\s*$", re.IGNORECASE)
+
+
+def parse_bytes(value: int | str, what: str = "memory") -> int:
+    """A byte count: an integer, or a quantity as Kubernetes and Azure write it ("512Mi", "2Gi", "1.5G", "800MB")."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    else:
+        match = _QUANTITY.match(str(value))
+        if match is None:
+            raise PackageError(f"{what}: {value!r} is not a size (write bytes, or e.g. 512Mi, 2Gi, 1.5G)")
+        number = int(float(match.group(1)) * _UNITS[(match.group(2) or "").lower()])
+    if number <= 0:
+        raise PackageError(f"{what}: {value!r} must be more than 0 bytes")
+    return number

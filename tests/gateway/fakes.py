@@ -39,6 +39,8 @@ class FakeNode:
         self.load_seconds = 0.0  # how long a load takes (a big model)
         self.down = False  # fails requests in flight (they may have run)
         self.refusing = False  # refuses connections (nothing was sent)
+        self.memory: dict[str, list[int]] = {}  # entry -> bytes per instance, as the provider measures it
+        self.probe_seconds = 0.0  # how long a probe takes
 
     async def score(self, entry: str, body: bytes, meta: bytes, coalescing: Coalescing = Coalescing()) -> ScoringResult:
         if self.down:
@@ -72,7 +74,9 @@ class FakeNode:
 
     async def probe(self, entry: str) -> None:
         self.probes.append(entry)
-        if entry in self.crashed:
+        crashed = entry in self.crashed  # as the stub was when the probe reached it
+        await asyncio.sleep(self.probe_seconds)
+        if crashed:
             raise NotReady("the model's process crashed", details={"node": self.name, "crashed": True})
 
     async def index(self) -> list[dict[str, Any]]:
@@ -104,6 +108,9 @@ class FakeProvider:
 
     def status(self) -> dict[str, Any]:
         return {}
+
+    def memory(self) -> dict[str, dict[str, list[int]]]:
+        return {node.name: dict(node.memory) for node in self.nodes}
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import httpx
@@ -165,3 +166,20 @@ def test_client_mistakes_on_v2_and_grpc_are_client_errors(gateway: GatewayProces
             grpc_client.infer("schema-azure", [tensor], model_version="abc", headers=auth)
     finally:
         grpc_client.close()
+
+
+def test_each_models_memory_is_measured_on_the_embedded_node(gateway: GatewayProcess) -> None:
+    """The stubs' proportional set size, per entry, read from /proc by the health loop (every 5 s here)."""
+    deadline = time.monotonic() + 20
+    measured: dict[str, int] = {}
+    while time.monotonic() < deadline:
+        models = httpx.get(f"{gateway.url}/models", headers=gateway.admin).json()
+        measured = {m["name"]: m["memory_bytes"] for m in models if m["state"] == "ready" and m.get("memory_bytes")}
+        if {"torch-mlp", "schema-azure"} <= set(measured):
+            break
+        time.sleep(0.5)
+    assert measured.get("torch-mlp", 0) > 50 * 1024**2, measured  # torch in the stub: ~230 MB RSS
+    assert 5 * 1024**2 < measured.get("schema-azure", 0) < measured["torch-mlp"], measured
+    metrics = httpx.get(f"{gateway.url}/metrics").text
+    assert 'turnout_entry_memory_bytes{entry="torch-mlp-v1",node="embedded"}' in metrics
+    print({name: f"{size / 1024**2:.0f} MiB" for name, size in measured.items()})

@@ -323,6 +323,10 @@ class EmbeddedTriton:
                 os.killpg(self._process.pid, signal.SIGKILL)
             self._process.wait(timeout=10)
 
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
     def exit_code(self) -> int | None:
         """None while the server runs; its exit status (reaped: no zombie is left) once it has ended."""
         return None if self._process is None else self._process.poll()
