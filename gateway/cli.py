@@ -307,6 +307,8 @@ def _deployment_archive(file: Path, name: str | None, endpoint_name: str | None,
         request_settings=settings, ignored_keys=ignored,
     )
     with resolve_source(str(file), Registry(default_registry_root()), overrides) as package:
+        for warning in (w for w in package.warnings if not w.startswith("ignored Azure keys")):  # said above
+            typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
         header = PackageHeader(name=package.name, spec=package.spec.model_dump(mode="json"),
                                model_name=package.model_name, source=package.source)
         buffer = io.BytesIO()
@@ -325,7 +327,9 @@ def _put_deployment(file: Path, name: str | None, endpoint_name: str | None, all
     spec, archive = _deployment_archive(file, name, endpoint_name, sets)
     typer.echo(f"deploying {spec.endpoint_name}/{spec.name} ({len(archive) / 1e6:.1f} MB) ...", err=True)
     done = threading.Event()
-    watcher = threading.Thread(target=_show_progress, args=(client, spec, done), daemon=True)
+    printed = [0]  # build progress lines shown so far
+    started = time.monotonic()
+    watcher = threading.Thread(target=_show_progress, args=(client, spec, done, printed, started), daemon=True)
     watcher.start()
     try:
         answer = client.put_archive(f"/admin/endpoints/{spec.endpoint_name}/deployments/{spec.name}", archive,
@@ -333,12 +337,16 @@ def _put_deployment(file: Path, name: str | None, endpoint_name: str | None, all
     finally:
         done.set()
         watcher.join(2)
+    for line in (answer.pop("build_progress", None) or [])[printed[0]:]:  # what the last poll did not see
+        typer.echo(f"  {time.monotonic() - started:5.1f} s  environment {line}", err=True)
     _print(answer)
 
 
-def _show_progress(client: AdminClient, spec: DeploymentSpec, done: threading.Event) -> None:
-    """While the gateway makes the deployment: its provisioning state, as it changes, with the time."""
-    started, last = time.monotonic(), None
+def _show_progress(client: AdminClient, spec: DeploymentSpec, done: threading.Event, shown_lines: list[int],
+                   started: float) -> None:
+    """While the gateway makes the deployment: its provisioning state and its environment's build, as they
+    change, with the time."""
+    last, printed = None, 0
     path = f"/admin/endpoints/{spec.endpoint_name}/deployments/{spec.name}"
     watching = AdminClient(client.url, client.admin_key, timeout=5)
     while not done.wait(0.1 if last is None else 1.0):
@@ -346,6 +354,10 @@ def _show_progress(client: AdminClient, spec: DeploymentSpec, done: threading.Ev
             shown = watching.get(path)
         except TurnoutError:
             continue
+        progress = shown.get("build_progress") or []
+        for line in progress[printed:]:
+            typer.echo(f"  {time.monotonic() - started:5.1f} s  environment {line}", err=True)
+        printed = shown_lines[0] = max(printed, len(progress))
         now = (shown.get("provisioning_state"), shown.get("state"), shown.get("reason"))
         if now != last:
             reason = f" ({now[2]})" if now[2] else ""
@@ -404,11 +416,13 @@ def deployment_delete(name: DeploymentName, endpoint_name: EndpointName, gateway
 def deployment_logs(
     name: DeploymentName, endpoint_name: EndpointName,
     lines: Annotated[int, typer.Option("--lines", "-l", help="How many lines per node.")] = 200,
+    build: Annotated[bool, typer.Option("--build", help="Its environment's build log (resolve, install, times).")] = False,
     gateway_url: GatewayUrl = DEFAULT_URL, admin_key: AdminKey = None, state: StateDir = DEFAULT_STATE,
 ) -> None:
-    """The deployment's own log: its script's output and Turnout's backend lines."""
+    """The deployment's own log: its script's output and Turnout's backend lines (--build: its environment's)."""
     typer.echo(_client(gateway_url, admin_key, state).text(
-        f"/admin/endpoints/{endpoint_name}/deployments/{name}/logs", {"lines": str(lines)}))
+        f"/admin/endpoints/{endpoint_name}/deployments/{name}/logs",
+        {"lines": str(lines), **({"build": "true"} if build else {})}))
 
 
 @model_app.command("list")

@@ -25,13 +25,15 @@ from gateway.settings import GatewaySettings
 from gateway.state import DeploymentRecord, EndpointRecord, StateStore
 from packager import pipeline, scratch
 from packager.build import TRITON_VERSION
+from packager.environments import BUILD_LOG
 from packager.naming import deployment_entry, deployment_model
 from packager.openapi import build_document
 from packager.package import StagedPackage
 from packager.registry import Registry
 from packager.sources import safe_extract
 from packager.spec import PackageSpec
-from turnout.errors import BadInput, Conflict, DeploymentFailed, NotFound
+from turnout.errors import BadInput, Conflict, DeploymentFailed, NotFound, PackageError
+from turnout.manifest import ENVIRONMENT_DIR, MANIFEST_FILE, Manifest
 
 log = logging.getLogger("turnout.gateway.control")
 MAX_MIRROR_PERCENT = 50
@@ -50,6 +52,7 @@ class ControlPlane:
         self.lock = asyncio.Lock()  # one control-plane change at a time
         self._busy = ("", 0.0)  # what the change under way is doing, and since when
         self._provisioning: dict[tuple[str, str], str] = {}  # Azure's Creating / Updating, while under way
+        self._building: dict[tuple[str, str], list[str]] = {}  # its environment's build, line by line
 
     @asynccontextmanager
     async def _change(self, doing: str = "another change") -> AsyncIterator[None]:
@@ -117,12 +120,22 @@ class ControlPlane:
             "provisioning_state": self._provisioning.get((record.endpoint, record.name))
             or _PROVISIONING.get(state, "Creating" if record.state == CREATING else "Updating"),
             "reason": placement.reason if placement else record.reason,
+            **({"build_progress": list(self._building[(record.endpoint, record.name)])}
+               if (record.endpoint, record.name) in self._building else {}),
+            "environment": self._environment_of(record),
             "description": record.description,
             "tags": record.tags,
             "ignored_keys": record.ignored_keys,
             "created": record.created.isoformat(),
             "updated": record.updated.isoformat(),
         }
+
+    def _environment_of(self, record: DeploymentRecord) -> str | None:
+        manifest = self.settings.deployments_repository / record.entry / TRITON_VERSION / MANIFEST_FILE
+        try:
+            return Manifest.read(manifest.parent).environment if manifest.is_file() else None
+        except PackageError:
+            return None
 
     def list_endpoints(self) -> list[dict[str, Any]]:
         return [self.endpoint_view(r) for r in self.state.endpoints()]
@@ -279,7 +292,7 @@ class ControlPlane:
                 raise BadInput(f"the archive is for {spec.endpoint_name}/{spec.name}, not {endpoint}/{deployment}")
             (package_root / "deployment.json").unlink()
             package = StagedPackage(package_root, header.name, PackageSpec.model_validate(header.spec),
-                                    header.model_name, header.source)
+                                    header.model_name, header.source, owned=True)
             doing = "updated" if self.state.deployment(endpoint, deployment) else "created"
             async with self._change(f"deployment {spec.name!r} of endpoint {spec.endpoint_name!r} is being {doing}"):
                 return await self._deploy(spec, package, all_traffic)
@@ -295,7 +308,9 @@ class ControlPlane:
             record = await self._make(spec, package, all_traffic, endpoint, previous, generation, entry)
         finally:
             self._provisioning.pop(key, None)
-        return self.deployment_view(record)  # after the change is done: Succeeded, not Creating
+            lines = self._building.pop(key, [])
+        view = self.deployment_view(record)  # after the change is done: Succeeded, not Creating
+        return {**view, "build_progress": lines} if lines else view
 
     async def _make(self, spec: DeploymentSpec, package: StagedPackage, all_traffic: bool, endpoint: EndpointRecord,
                     previous: DeploymentRecord | None, generation: int, entry: str) -> DeploymentRecord:
@@ -304,15 +319,20 @@ class ControlPlane:
             placeholder.state, placeholder.reason = CREATING, "being created: inspecting, registering, loading"
             with self.state.transaction() as db:
                 self.state.put_deployment(db, placeholder)
+        lines = self._building.setdefault((spec.endpoint_name, spec.name), [])
+        options = pipeline.EnvironmentOptions(self.settings.environments_root,
+                                              self.settings.environment_build_timeout_seconds, lines.append)
         try:
             ingested = await asyncio.to_thread(
                 pipeline.ingest, package, self.registry, self.settings.deployments_repository, lambda _: entry,
-                name=deployment_model(spec.endpoint_name, spec.name),
+                name=deployment_model(spec.endpoint_name, spec.name), environment=options,
             )
-        except pipeline.InspectionFailed as exc:
+        except (pipeline.InspectionFailed, DeploymentFailed) as exc:
             log_tail = str(exc.details.get("log_tail", ""))
             failed = self._record(spec, previous, generation, entry, package.name, 0, package.content_hash(), {})
-            failed.state, failed.reason = EntryState.failed.value, f"the script did not load: {exc.message}"
+            failed.state = EntryState.failed.value
+            failed.reason = f"the script did not load: {exc.message}" if isinstance(exc, pipeline.InspectionFailed) \
+                else exc.message
             failed.load_log = log_tail
             if previous is None:
                 self.deployments.mark_failed(failed)
@@ -398,6 +418,17 @@ class ControlPlane:
                 self.state.record_history(db, endpoint, "delete-deployment", {"deployment": name})
             await self.deployments.retire(placement)
 
+    def _build_log(self, record: DeploymentRecord, lines: int) -> str:
+        """Its environment's build log: kept with the entry, or (a build that failed) with the record."""
+        kept = self.settings.deployments_repository / record.entry / TRITON_VERSION / ENVIRONMENT_DIR / BUILD_LOG
+        if kept.is_file():
+            return "\n".join(kept.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+        if record.load_log and "could not be built" in record.reason:
+            return record.load_log
+        return (f"deployment {record.name!r} has no environment build: it runs in the serving environment"
+                if record.state != EntryState.failed.value else
+                f"deployment {record.name!r} built no environment; see get-logs for why it failed")
+
     def openapi(self, endpoint: str, deployment: str | None) -> dict[str, Any]:
         """The scoring URL's OpenAPI document, from the deployment taking the most traffic (or the one named)."""
         record = self._endpoint(endpoint)
@@ -411,8 +442,10 @@ class ControlPlane:
             raise NotFound(f"deployment {name!r} has no built entry (state {chosen.state})")
         return build_document(f"{endpoint} ({name})", f"/endpoints/{endpoint}/score", version_dir, chosen.schemas)
 
-    def logs(self, endpoint: str, name: str, lines: int) -> str:
+    def logs(self, endpoint: str, name: str, lines: int, build: bool = False) -> str:
         record = self._deployment(endpoint, name)
+        if build:
+            return self._build_log(record, lines)
         placement = self.deployments.entry_of(record)
         node_log = self.fleet.node_log(record.entry, placement.nodes if placement else (), lines)
         if record.load_log:  # the script failed in the inspection, before any node loaded it

@@ -23,6 +23,7 @@ import asyncio
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -204,6 +205,8 @@ class DropZone:
             started = time.monotonic()
             try:
                 model = await self._load(name, path)
+                if model is None or model.ready:
+                    self.models.clear_failure(name)  # and its "building" line
             except TurnoutError as exc:
                 self.models.report_failure(name, f"{name}: {exc.message}", exc.details.get("model"),
                                            exc.details.get("log_tail", ""))
@@ -215,7 +218,6 @@ class DropZone:
             if model is None:
                 return
             if model.ready:
-                self.models.clear_failure(name)
                 await self.models.settle(model.info.name)
                 log.info("drop %s is live as %s:%d in %.2f s", name, model.info.name, model.info.version,
                          time.monotonic() - started)
@@ -230,7 +232,12 @@ class DropZone:
             claimed: dict[str, str | None] = {m.info.name: m.drop for m in self.models.all()
                        if m.drop not in (None, name) and m.state not in (EntryState.unloaded, EntryState.removed)
                        and m.info.kind != "package"}
-            built = await asyncio.to_thread(self._build_package, path, name, claimed)
+            loop = asyncio.get_running_loop()
+
+            def building(model: str, line: str) -> None:  # from the build's thread
+                loop.call_soon_threadsafe(self.models.report_building, name, model, line)
+
+            built = await asyncio.to_thread(self._build_package, path, name, claimed, building)
         if built is None:
             return None
         info = built.info
@@ -239,7 +246,8 @@ class DropZone:
             return current  # the same content again (a restart, a touch): nothing to do
         return await self.models.load(info, drop=name, mode=built.mode)
 
-    def _build_package(self, path: Path, name: str, claimed: dict[str, str | None]) -> Built | None:
+    def _build_package(self, path: Path, name: str, claimed: dict[str, str | None],
+                       building: Callable[[str, str], None]) -> Built | None:
         with pipeline.stage(_source_for(path), self.registry) as staged:
             owner = claimed.get(staged.name)
             if owner is not None:
@@ -247,8 +255,11 @@ class DropZone:
                 # and deleting either would take the model away.
                 raise PackageError(f"it would serve as model {staged.name!r}, which the drop {owner!r} serves "
                                    f"already; rename it, or set another name: in its model.yaml", details={})
+            options = pipeline.EnvironmentOptions(
+                self.settings.environments_root, self.settings.environment_build_timeout_seconds,
+                lambda line: building(staged.name, line))
             ingested = pipeline.ingest(staged, self.registry, self.settings.built_repository,
-                                       lambda record: drop_entry(record.name, record.version))
+                                       lambda record: drop_entry(record.name, record.version), environment=options)
         info = read_entry(ingested.built.path)
         return Built(info, ingested.inspection.mode or "") if info is not None else None
 

@@ -31,6 +31,7 @@ DRAIN_SECONDS = 30.0
 
 
 class EntryState(StrEnum):
+    building = "building"  # its own Python environment is being built; it loads next
     loading = "loading"
     ready = "ready"
     degraded = "degraded"  # serving from some of its nodes; being loaded again on the others

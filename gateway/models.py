@@ -39,6 +39,7 @@ class ModelEntry(Entry):
             **({"log_tail": self.log_tail} if self.state is EntryState.failed and self.log_tail else {}),
             "description": manifest.description if manifest else "",
             "tags": manifest.tags if manifest else {},
+            "environment": manifest.environment if manifest else None,
         }
 
 
@@ -99,6 +100,13 @@ class RepositoryModels:
         self.entries.put(ModelEntry(name=key, info=info, drop=drop, state=EntryState.failed, reason=reason,
                                     log_tail=log_tail))
         log.warning("drop %s failed: %s", drop, reason)
+
+    def report_building(self, drop: str, model: str, progress: str) -> None:
+        """A drop whose environment is being built: listed as building (with its latest step) until it loads."""
+        key = failure_key(drop)
+        info = EntryInfo(entry=key, name=model, version=0, kind="package")
+        self.entries.put(ModelEntry(name=key, info=info, drop=drop, state=EntryState.building,
+                                    reason=f"building its environment: {progress}"))
 
     def clear_failure(self, drop: str) -> None:
         self.entries.discard(failure_key(drop))

@@ -73,7 +73,7 @@ class Served:
                            "'gateway deployment show' and 'get-logs'", retry_after=None)
         if self.target is None:
             detail = f": {self.reason}" if self.reason else ""
-            retry = 5 if self.state in (EntryState.loading, EntryState.restarting) else 30
+            retry = 5 if self.state in (EntryState.building, EntryState.loading, EntryState.restarting) else 30
             raise NotReady(f"{what} is {self.state.value}{detail}", retry_after=retry)
         return self.target
 

@@ -54,10 +54,14 @@ class GatewaySettings(BaseSettings):
     instance_type_pools: dict[str, str] = Field(
         default_factory=dict, description="Extra instance_type -> pool mappings (override the built-in table)."
     )
+    environments_dir: Path | None = Field(
+        default=None, description="Cache of per-deployment Python environments [default: <state_dir>/environments].")
+    environment_build_timeout_seconds: float = Field(
+        default=600.0, gt=0, description="Longest time one environment may take to build (then 424).")
     log_level: str = Field(default="info", pattern="^(debug|info|warning|error)$",
                            description="debug, info, warning or error.")
 
-    @field_validator("repository", "state_dir", "nodes_file")
+    @field_validator("repository", "state_dir", "nodes_file", "environments_dir")
     @classmethod
     def _absolute(cls, path: Path | None) -> Path | None:
         # Resolved once, here: child processes and Triton run in other working directories.
@@ -72,6 +76,11 @@ class GatewaySettings(BaseSettings):
     def built_repository(self) -> Path:
         """Entries built from packages dropped into the repository, a third Triton repository."""
         return self.state_dir / "built"
+
+    @property
+    def environments_root(self) -> Path:
+        """Per-deployment environments, beside the repositories on the volume every node reads."""
+        return self.environments_dir or self.state_dir / "environments"
 
     @property
     def database(self) -> Path:

@@ -4,6 +4,8 @@
     <repository>/<entry>/1/manifest.json       what the backend needs to know
     <repository>/<entry>/1/code/...            the code folder
     <repository>/<entry>/1/azureml-models/...  AZUREML_MODEL_DIR
+    <repository>/<entry>/1/environment/...     its declared environment, lock and build log
+    <repository>/<entry>/python-env            a relative link to its built environment (EXECUTION_ENV_PATH)
 
 The entry is staged next to the repository's entries (same filesystem) and renamed into place, so Triton
 or a watcher never sees a half-written entry.
@@ -17,11 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from packager import scratch
+from packager.environments import BUILD_LOG, Built
 from packager.naming import model_entry
 from packager.package import PACKAGE_FILE, StagedPackage
 from packager.spec import check_name
 from turnout.errors import PackageError
-from turnout.manifest import CODE_DIR, Manifest
+from turnout.manifest import CODE_DIR, ENTRY_ENVIRONMENT, ENVIRONMENT_DIR, Manifest
 from turnout.triton.config import EntryConfig, build_model_config, render
 
 TRITON_VERSION = "1"  # each Turnout model version is its own entry; Triton's version folder is always 1
@@ -43,12 +46,13 @@ def build_entry(
     entry: str | None = None,
     version: int | None = None,
     content_hash: str | None = None,
+    environment: Built | None = None,
 ) -> BuiltEntry:
     version = version or package.spec.version or 1
     entry = check_name(entry or model_entry(package.name, version), "entry name")
-    manifest = package.manifest(version, content_hash)
+    manifest = package.manifest(version, content_hash, environment.key if environment else None)
     final = repository / entry
-    if (final / TRITON_VERSION).is_dir():
+    if (final / TRITON_VERSION).is_dir() and (environment is None or (final / ENTRY_ENVIRONMENT).exists()):
         try:
             current = Manifest.read(final / TRITON_VERSION)
             if current == manifest.replace(source=current.source):
@@ -65,6 +69,11 @@ def build_entry(
         if not (version_dir / CODE_DIR / manifest.scoring_script).is_file():
             raise PackageError(f"{entry}: scoring script {manifest.scoring_script!r} missing from the package")
         manifest.write(version_dir)
+        if environment is not None:
+            (version_dir / ENVIRONMENT_DIR).mkdir(exist_ok=True)
+            shutil.copy2(environment.log, version_dir / ENVIRONMENT_DIR / BUILD_LOG)
+            # Relative: a shared volume holding repositories and environments may be mounted anywhere.
+            os.symlink(os.path.relpath(environment.path.resolve(), repository.resolve() / entry), staged / ENTRY_ENVIRONMENT)
         config = build_model_config(EntryConfig.from_manifest(manifest, entry))
         (staged / "config.pbtxt").write_text(render(config), encoding="utf-8")
         _swap_into_place(staged, final, staging)

@@ -10,6 +10,12 @@ from typing import Annotated, NoReturn
 import typer
 
 from packager import pipeline, scratch
+from packager.environment_assets import EnvironmentAssets
+from packager.environments import LOCK_FILE
+from packager.environments import default_root as default_environments_root
+from packager.environments import entries as environment_entries
+from packager.environments import prune as prune_environments
+from packager.environments import used_by as environments_used_by
 from packager.inspection import Inspection, inspect_package
 from packager.package import StagedPackage
 from packager.registry import Registry, default_registry_root
@@ -18,6 +24,7 @@ from packager.sources import bare_model
 from packager.spec import apply_overrides, load_azure_model
 from packager.testing import request_body_for, run_package_test
 from turnout.errors import TurnoutError
+from turnout.manifest import ENVIRONMENT_DIR
 
 app = typer.Typer(help=(__doc__ or "").replace("``", ""), no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False)
@@ -36,6 +43,17 @@ def _fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
+EnvironmentsOption = Annotated[Path | None, typer.Option(
+    "--environments", help="Environment cache (default: $TURNOUT_ENVIRONMENTS_DIR, else .turnout/gateway/environments, "
+    "the gateway's default).")]
+
+
+def _environment(root: Path | None) -> pipeline.EnvironmentOptions:
+    """Build progress on stderr as it happens (resolve, download, install, with times)."""
+    return pipeline.EnvironmentOptions(root=root, progress=lambda line: typer.echo(line, err=True))
+
+
+OutputOption = Annotated[str, typer.Option("--output", "-o", help="table or json")]
 SetOption = Annotated[list[str] | None, typer.Option(
     "--set", help="For an Azure YAML: KEY=VALUE to change before it is read (repeatable), e.g. endpoint_name=shop.")]
 
@@ -59,10 +77,13 @@ def init(
 
 
 @app.command()
-def validate(source: SourceArgument, registry: RegistryOption = None, set_: SetOption = None) -> None:
-    """Load the scoring script with the backend's loader (in a subprocess) and report its mode."""
+def validate(source: SourceArgument, registry: RegistryOption = None, set_: SetOption = None,
+             environments: EnvironmentsOption = None) -> None:
+    """Load the scoring script with the backend's loader (in a subprocess, in its own environment if it
+    declares one) and report its mode."""
     with _stage(source, registry, set_) as package:
-        result = inspect_package(package)
+        built = pipeline.prepare_environment(package, _environment(environments))
+        result = inspect_package(package, python=built.path / "bin" / "python" if built else None)
     if result.log.strip():
         typer.echo(result.log.rstrip(), err=True)
     if not result.ok:
@@ -86,6 +107,7 @@ def register(
     skip_validation: Annotated[bool, typer.Option(help="Register without loading the script first.")] = False,
     registry: RegistryOption = None,
     set_: SetOption = None,
+    environments: EnvironmentsOption = None,
 ) -> None:
     """Register an immutable name:version (the same content twice gives the same version)."""
     tags = _tag_pairs(tag)
@@ -95,7 +117,7 @@ def register(
         try:
             record, created, inspection = pipeline.register(
                 package, reg, validate=not skip_validation, name=name, version=version, tags=tags,
-                description=description)
+                description=description, environment=_environment(environments))
         except pipeline.InspectionFailed as exc:
             typer.echo(str(exc.details.get("log_tail", "")).rstrip(), err=True)
             _fail(f"not registered: {exc.message}")
@@ -188,9 +210,15 @@ def list_(registry: RegistryOption = None) -> None:
 def show(
     reference: Annotated[str, typer.Argument(help="name or name:version")], registry: RegistryOption = None
 ) -> None:
-    """Show one registered version as JSON."""
-    record = Registry(default_registry_root(registry)).resolve(reference)
-    typer.echo(json.dumps(record.model_dump(mode="json"), indent=2))
+    """Show one registered version as JSON (with its environment's lock, if it has one)."""
+    reg = Registry(default_registry_root(registry))
+    record = reg.resolve(reference)
+    shown = record.model_dump(mode="json")
+    lock = reg.path_of(record) / ENVIRONMENT_DIR / LOCK_FILE
+    if lock.is_file():
+        shown["environment_lock"] = [line for line in lock.read_text(encoding="utf-8").splitlines()
+                                     if line and not line.lstrip().startswith("#")]
+    typer.echo(json.dumps(shown, indent=2))
 
 
 @app.command()
@@ -202,12 +230,15 @@ def build(
     name: Annotated[str | None, typer.Option("--name", help="Entry name (default: NAME-vVERSION).")] = None,
     registry: RegistryOption = None,
     set_: SetOption = None,
+    environments: EnvironmentsOption = None,
 ) -> None:
-    """Build SOURCE into a Triton model-repository entry (staged, then moved into place)."""
+    """Build SOURCE into a Triton model-repository entry (staged, then moved into place), with its own
+    Python environment if it declares one."""
     with _stage(source, registry, set_) as package:
-        built = pipeline.build(package, repository, entry=name)
+        built = pipeline.build(package, repository, entry=name, environment=_environment(environments))
     state = "built" if built.changed else "unchanged"
-    typer.echo(f"{state} {built.path} ({built.manifest.name}:{built.manifest.version})")
+    where = f", environment {built.manifest.environment}" if built.manifest.environment else ""
+    typer.echo(f"{state} {built.path} ({built.manifest.name}:{built.manifest.version}{where})")
 
 
 @app.command("test")
@@ -216,11 +247,13 @@ def test_(
     request_file: Annotated[Path | None, typer.Option(help="Request body (default: sample-request.json).")] = None,
     content_type: Annotated[str, typer.Option(help="Content-Type of the request.")] = "application/json",
     registry: RegistryOption = None,
+    environments: EnvironmentsOption = None,
 ) -> None:
     """Serve SOURCE on a real embedded Triton, send one request, print the answer and the entry's log."""
     with _stage(source, registry) as package:
         body = request_body_for(package, request_file)
-        outcome = run_package_test(package, body, content_type)
+        built = pipeline.prepare_environment(package, _environment(environments))
+        outcome = run_package_test(package, body, content_type, built)
     if outcome.log_tail:
         typer.echo("--- entry log (tail) ---", err=True)
         typer.echo(outcome.log_tail, err=True)
@@ -234,10 +267,94 @@ def test_(
     typer.secho(f"passed: {package.name}", fg=typer.colors.GREEN, err=True)
 
 
+environment_app = typer.Typer(help="Python environments: registered (az ml environment create) and built (the cache).",
+                               no_args_is_help=True)
+app.add_typer(environment_app, name="environment")
+
+
+@environment_app.command("create")
+def environment_create(
+    file: Annotated[Path, typer.Option("--file", "-f", help="Azure ML environment YAML (name, version, conda_file, image).")],
+    registry: RegistryOption = None,
+) -> None:
+    """Register an environment from Azure's environment YAML; deployments name it azureml:NAME:VERSION."""
+    asset, created = EnvironmentAssets(default_registry_root(registry)).create(file)
+    verb = "registered environment" if created else "already registered (same content)"
+    typer.echo(f"{verb} {asset.ref}")
+
+
+def _size(count: int) -> str:
+    return f"{count / 1024 / 1024:.1f} MiB"
+
+
+@environment_app.command("list")
+def environment_list(registry: RegistryOption = None, environments: EnvironmentsOption = None,
+                     output: OutputOption = "table") -> None:
+    """List registered environments and the built ones in the cache, with their disk use."""
+    assets = EnvironmentAssets(default_registry_root(registry)).list()
+    root = environments or default_environments_root()
+    built = environment_entries(root)
+    if output == "json":
+        typer.echo(json.dumps({"registered": [a.model_dump(mode="json") for a in assets],
+                               "built": built, "cache": str(root),
+                               "bytes": sum(int(b["bytes"]) for b in built)}, indent=2))
+        return
+    typer.echo("registered:" if assets else "registered: none")
+    for a in assets:
+        typer.echo(f"  {a.ref:<40} {a.created:%Y-%m-%d %H:%M:%S}  {a.conda_file or '-'}  {a.image or ''}")
+    typer.echo(f"built in {root}: {len(built)}, {_size(sum(int(b['bytes']) for b in built))}")
+    for b in built:
+        typer.echo(f"  {b['key']}  {_size(int(b['bytes'])):>10}  {b['built']}  {', '.join(b['installed']) or '(layered only)'}")
+
+
+@environment_app.command("show")
+def environment_show(reference: Annotated[str, typer.Argument(help="azureml:NAME:VERSION, or a built environment's key")],
+                     registry: RegistryOption = None, environments: EnvironmentsOption = None) -> None:
+    """Show a registered environment, or a built one (its record, lock and build log's tail), as JSON."""
+    root = environments or default_environments_root()
+    for record in environment_entries(root):
+        if record["key"] == reference or record["key"].startswith(reference) and len(reference) >= 6:
+            folder = Path(record["path"])
+            record["lock"] = (folder / LOCK_FILE).read_text(encoding="utf-8").splitlines()
+            record["build_log_tail"] = (folder / "build.log").read_text(encoding="utf-8").splitlines()[-20:]
+            typer.echo(json.dumps(record, indent=2))
+            return
+    asset = EnvironmentAssets(default_registry_root(registry)).resolve(reference)
+    typer.echo(json.dumps(asset.model_dump(mode="json"), indent=2))
+
+
+@environment_app.command("prune")
+def environment_prune(
+    repository: Annotated[list[Path] | None, typer.Option(
+        "--repository", "-r", help="Repositories whose entries keep their environment (repeatable; default: "
+        "model_repository and the gateway's state: <state>/deployments, <state>/built).")] = None,
+    state_dir: Annotated[Path, typer.Option(help="The gateway's state folder.")] = Path(".turnout/gateway"),
+    environments: EnvironmentsOption = None,
+    dry_run: Annotated[bool, typer.Option(help="Say what would be removed, remove nothing.")] = False,
+) -> None:
+    """Remove built environments that no entry uses."""
+    root = environments or default_environments_root()
+    repositories = repository or [Path("model_repository"), state_dir / "deployments", state_dir / "built"]
+    if dry_run:
+        users = environments_used_by(repositories)
+        unused = [r for r in environment_entries(root) if r["key"] not in users]
+        for r in unused:
+            typer.echo(f"would remove {r['key']} ({_size(int(r['bytes']))})")
+        typer.echo(f"{len(unused)} unused, {_size(sum(int(r['bytes']) for r in unused))}")
+        return
+    removed = prune_environments(root, repositories)
+    for r in removed:
+        typer.echo(f"removed {r['key']} ({_size(int(r['bytes']))})")
+    typer.echo(f"{len(removed)} removed, {_size(sum(int(r['bytes']) for r in removed))} freed")
+
+
 def main() -> None:
     scratch.sweep()  # stages a killed packager left in the temporary directory
     try:
         app()
     except TurnoutError as exc:
+        tail = exc.details.get("log_tail") if isinstance(exc.details, dict) else None
+        if tail:
+            typer.echo(f"--- log (tail) ---\n{str(tail).rstrip()}\n---", err=True)
         typer.secho(f"error: {exc.message}", fg=typer.colors.RED, err=True)
         sys.exit(2)

@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from packager import scratch
+from packager.inspect_child import RESULT_MARK
 from packager.package import StagedPackage
 from turnout.errors import PackageError
-from turnout.manifest import CODE_DIR, Manifest, ScoringKind
+from turnout.manifest import CODE_DIR, ScoringKind
 
-_RESULT_MARK = "@@turnout-inspect@@"
 _HOOKS = ("preprocess", "predict", "postprocess")
 
 
@@ -37,30 +37,6 @@ class Inspection:
     advice: str | None = None
     schemas: dict[str, Any] = field(default_factory=dict)  # {"input", "output"} from inference-schema,
     # or {"error": why} when run() is decorated but its schema could not be read
-
-
-# Libraries that score a batch of rows in about the time of one row: a run() script using one of them
-# leaves most of its throughput unused, because run() is called once per request.
-_BATCHING_LIBRARIES = {
-    "torch": "torch", "tensorflow": "TensorFlow", "keras": "Keras", "onnxruntime": "onnxruntime",
-    "sklearn": "scikit-learn", "xgboost": "XGBoost", "lightgbm": "LightGBM", "catboost": "CatBoost",
-}
-
-
-def batching_advice(mode: str, loaded_modules: set[str]) -> str | None:
-    """What a run() script would gain from hooks, when the libraries it loaded say it would."""
-    if mode != "azure-online":
-        return None
-    found = sorted({label for module, label in _BATCHING_LIBRARIES.items() if module in loaded_modules})
-    if not found:
-        return None
-    return (
-        f"run() is called once per request, so Triton cannot hand this script a batch, yet it uses "
-        f"{', '.join(found)}, which scores many rows at little more than the cost of one. For batched "
-        "throughput, split run() into preprocess() (per request), predict() (once per batch) and "
-        "postprocess() (per request): README, 'Scoring modes'. Until then, throughput grows only with "
-        "instances (instance_count in Azure's YAML, instance.count in model.yaml)."
-    )
 
 
 def _top_level_names(tree: ast.Module) -> set[str]:
@@ -103,7 +79,8 @@ def check_entry_points(package: StagedPackage) -> None:
         )
 
 
-def inspect_package(package: StagedPackage, version: int = 1) -> Inspection:
+def inspect_package(package: StagedPackage, version: int = 1, python: Path | None = None) -> Inspection:
+    """Load the script in a child process: the serving Python, or ``python`` (its own environment's)."""
     check_entry_points(package)
     manifest = package.manifest(version)
     with scratch.temporary("inspect") as tmp:
@@ -111,7 +88,8 @@ def inspect_package(package: StagedPackage, version: int = 1) -> Inspection:
         manifest_file.write_text(manifest.to_json(), encoding="utf-8")
         try:
             completed = subprocess.run(
-                [sys.executable, "-m", "packager.inspection", str(package.root.resolve()), str(manifest_file),
+                [str(python or sys.executable), "-m", "packager.inspect_child", str(package.root.resolve()),
+                 str(manifest_file),
                  package.name],
                 capture_output=True, text=True, encoding="utf-8", errors="replace",
                 timeout=manifest.init_timeout_seconds + 30, stdin=subprocess.DEVNULL,
@@ -121,48 +99,9 @@ def inspect_package(package: StagedPackage, version: int = 1) -> Inspection:
             return Inspection(False, None, "loading the script did not finish in time", output)
     log = completed.stdout + completed.stderr
     for line in completed.stdout.splitlines():
-        if line.startswith(_RESULT_MARK):
-            result = json.loads(line[len(_RESULT_MARK):])
-            log = "\n".join(line for line in log.splitlines() if not line.startswith(_RESULT_MARK))
+        if line.startswith(RESULT_MARK):
+            result = json.loads(line[len(RESULT_MARK):])
+            log = "\n".join(line for line in log.splitlines() if not line.startswith(RESULT_MARK))
             return Inspection(result["ok"], result.get("mode"), result["message"], log, result.get("advice"),
                               result.get("schemas") or {})
     return Inspection(False, None, f"the script ended the inspecting process (exit code {completed.returncode})", log)
-
-
-def _schemas(module: Any) -> dict[str, Any]:
-    run = getattr(module, "run", None)
-    try:
-        from inference_schema.schema_util import get_input_schema, get_output_schema, is_schema_decorated
-    except ImportError:
-        return {}
-    if callable(run) and is_schema_decorated(run):
-        return {"input": get_input_schema(run), "output": get_output_schema(run)}
-    return {}
-
-
-def _child(package_root: Path, manifest_file: Path, entry: str) -> None:
-    import logging
-
-    from turnout.errors import TurnoutError
-    from turnout.scoring import load_scorer
-
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    manifest = Manifest.from_dict(json.loads(manifest_file.read_text(encoding="utf-8")), str(manifest_file))
-    result: dict[str, Any]
-    try:
-        scorer = load_scorer(manifest, package_root, entry)
-        advice = batching_advice(scorer.mode, {name.split(".")[0] for name in sys.modules})
-        result = {"ok": True, "mode": scorer.describe(), "message": f"loads as {scorer.describe()}", "advice": advice}
-        try:
-            result["schemas"] = _schemas(scorer.module)
-        except Exception as exc:  # a schema that cannot be read costs the OpenAPI types, never the load
-            logging.getLogger("turnout.inspect").warning("the inference-schema of run() cannot be read: %s", exc)
-            result["schemas"] = {"error": f"{type(exc).__name__}: {exc}"}
-    except TurnoutError as exc:
-        result = {"ok": False, "message": exc.message}
-    sys.stdout.flush()
-    print(_RESULT_MARK + json.dumps(result, default=str), flush=True)
-
-
-if __name__ == "__main__":
-    _child(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3])

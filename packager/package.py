@@ -3,7 +3,7 @@ it, the inspection that loads it, the registry that keeps it and the builder tha
 
     code/                    the code folder, scoring script inside
     azureml-models/<model>   the model folder or file, under its own name (AZUREML_MODEL_DIR's layout)
-    environment/             conda.yaml / requirements.txt, recorded for the record
+    environment/             requirements.txt / conda.yaml (+ requirements.lock once built): its own environment
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ class StagedPackage:
     source: str
     warnings: list[str] = field(default_factory=list)
     _tmp: tempfile.TemporaryDirectory[str] | None = None
+    owned: bool = False  # a folder its caller made for it (an upload): writable like a temporary one
 
     def cleanup(self) -> None:
         if self._tmp is not None:
@@ -59,7 +60,12 @@ class StagedPackage:
                 digest.update(hashlib.file_digest(f, "sha256").digest())
         return "sha256:" + digest.hexdigest()
 
-    def manifest(self, version: int, content_hash: str | None = None) -> Manifest:
+    @property
+    def temporary(self) -> bool:
+        """A staged copy (writable), not a registry folder."""
+        return self._tmp is not None or self.owned
+
+    def manifest(self, version: int, content_hash: str | None = None, environment: str | None = None) -> Manifest:
         sample = self.root / CODE_DIR / SAMPLE_REQUEST
         return Manifest(
             name=self.name,
@@ -83,6 +89,7 @@ class StagedPackage:
             dynamic_batching=self.spec.batching.enabled,
             max_queue_delay_microseconds=self.spec.batching.max_queue_delay_microseconds,
             memory_limit_bytes=int(self.spec.memory_limit) if self.spec.memory_limit is not None else None,
+            environment=environment,
         )
 
 

@@ -3,7 +3,7 @@
 
     code/                    the code folder, scoring script inside
     azureml-models/<model>   the model folder or file, under its own name (AZUREML_MODEL_DIR's layout)
-    environment/             conda.yaml / requirements.txt, recorded for the record
+    environment/             requirements.txt / conda.yaml: its own Python environment (packager/environments.py)
 
 That layout is also a built entry's version folder, so every later step (hashing, registering, building,
 validating) works on one shape.
@@ -23,12 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from packager import scratch
+from packager.environment_assets import EnvironmentAssets, is_curated
+from packager.environments import IMAGE_FILE
 from packager.package import (
     SPEC_FILE,
     StagedPackage,
     parse_reference,
 )
-from packager.registry import Registry
+from packager.registry import Registry, default_registry_root
 from packager.spec import (
     AzureDeployment,
     PackageSpec,
@@ -117,6 +119,24 @@ def _record_environment(stage: Path, files: list[Path]) -> None:
             shutil.copy2(file, stage / ENVIRONMENT_DIR / file.name)
 
 
+def _environment_of_folder(folder: Path, spec: PackageSpec, stage: Path) -> None:
+    """model.yaml's ``environment:`` (a requirements or conda file, or a list of requirements), else the
+    folder's requirements.txt / conda.yaml."""
+    if isinstance(spec.environment, list):
+        (stage / ENVIRONMENT_DIR).mkdir(exist_ok=True)
+        (stage / ENVIRONMENT_DIR / "requirements.txt").write_text("".join(f"{line}\n" for line in spec.environment),
+                                                                  encoding="utf-8")
+        return
+    if spec.environment:
+        path = folder / spec.environment
+        if not path.is_file():
+            raise PackageError(f"model.yaml: environment {spec.environment!r} not found in {folder} (a requirements.txt "
+                               "or conda.yaml file, or a list of requirements)")
+        _record_environment(stage, [path])
+        return
+    _record_environment(stage, [folder / name for name in ("requirements.txt", "conda.yaml", "conda.yml")])
+
+
 def from_folder(folder: Path, source: str | None = None) -> StagedPackage:
     folder = folder.resolve()
     spec_file = folder / SPEC_FILE
@@ -132,8 +152,7 @@ def from_folder(folder: Path, source: str | None = None) -> StagedPackage:
         _copy_code(code_dir, stage, skip=[model_path, spec_file])
         _check_script(stage, spec, code_dir)
         model_name = _copy_model(model_path, stage) if has_model else None
-        env_files = [folder / spec.environment] if spec.environment else [folder / "requirements.txt", folder / "conda.yaml"]
-        _record_environment(stage, env_files)
+        _environment_of_folder(folder, spec, stage)
     except BaseException:
         tmp.cleanup()
         raise
@@ -252,17 +271,40 @@ def from_azure_yaml(path: Path, registry: Registry | None = None,
         _copy_code(code_dir, stage, skip=[])
         _check_script(stage, spec, code_dir)
         model_name = _azure_model(deployment, base, stage, registry, path)
-        environment = deployment.environment
-        if not isinstance(environment, str) and environment is not None and environment.conda_file:
-            _record_environment(stage, [base / environment.conda_file])
+        warnings = [f"ignored Azure keys (not used by Turnout): {', '.join(ignored)}"] if ignored else []
+        warnings += _azure_environment(deployment, base, stage, registry, path)
     except BaseException:
         tmp.cleanup()
         raise
     name = _azure_package_name(deployment)
-    warnings = [f"ignored Azure keys (not used by Turnout): {', '.join(ignored)}"] if ignored else []
-    if isinstance(deployment.environment, str):
-        warnings.append(f"environment {deployment.environment!r} is a reference; the serving environment is used")
     return StagedPackage(stage, name, spec, model_name, str(path.resolve()), warnings, _tmp=tmp)
+
+
+def _azure_environment(deployment: AzureDeployment, base: Path, stage: Path, registry: Registry | None,
+                       path: Path) -> list[str]:
+    """The deployment's environment into the stage's environment/ folder; returns what to warn about."""
+    environment = deployment.environment
+    if environment is None:
+        return []
+    if isinstance(environment, str):
+        if is_curated(environment):
+            return [f"environment {environment!r} is an Azure curated environment: the model runs in the serving "
+                    "environment (give a conda_file to build its own)"]
+        assets = EnvironmentAssets(registry.root if registry is not None else default_registry_root())
+        assets.copy_into(assets.resolve(environment), stage / ENVIRONMENT_DIR)
+        return []
+    if environment.conda_file:
+        conda = base / environment.conda_file
+        if not conda.is_file():
+            raise PackageError(f"{path}: environment.conda_file {environment.conda_file!r} not found at {conda}")
+        _record_environment(stage, [conda])
+    if environment.image:
+        (stage / ENVIRONMENT_DIR).mkdir(exist_ok=True)
+        (stage / ENVIRONMENT_DIR / IMAGE_FILE).write_text(environment.image + "\n", encoding="utf-8")
+        return [f"environment.image {environment.image} is recorded, not used: models run on the Triton node's image"
+                + (", in an environment built from the conda_file" if environment.conda_file else
+                   ", in the serving environment (no conda_file)")]
+    return []
 
 
 def _azure_package_name(deployment: AzureDeployment) -> str:

@@ -74,7 +74,8 @@ class PackageSpec(Strict):
     timeout_seconds: float = Field(default=60.0, gt=0, description="Bound on each call into the script.")
     init_timeout_seconds: float = Field(default=600.0, gt=0, description="Bound on import + init().")
     threads: int = Field(default=1, ge=1, description="torch/onnxruntime/TF/BLAS threads per instance.")
-    environment: str | None = Field(default=None, description="requirements.txt or conda.yaml, recorded.")
+    environment: str | list[str] | None = Field(
+        default=None, description="Its own Python environment: a requirements.txt or conda.yaml, or a list of requirements.")
     environment_variables: dict[str, str] = Field(default_factory=dict)
     signature: dict[str, Any] | None = Field(default=None, description="Optional typed signature (OpenAPI).")
     batch_settings: dict[str, Any] = Field(default_factory=dict, description="Azure batch deployment settings.")
@@ -285,7 +286,7 @@ def _merge(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
 
 
 # Keys inside sections Turnout uses that it accepts but does not act on.
-_IGNORED_NESTED = (("environment", "image"), ("environment", "inference_config"), ("environment", "build"),
+_IGNORED_NESTED = (("environment", "inference_config"), ("environment", "build"),
                    ("request_settings", "max_queue_wait_ms"))
 
 

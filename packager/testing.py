@@ -8,6 +8,7 @@ from pathlib import Path
 
 from packager import scratch
 from packager.build import build_entry
+from packager.environments import Built
 from packager.package import SAMPLE_REQUEST, StagedPackage
 from turnout.errors import PackageError, TurnoutError
 from turnout.manifest import CODE_DIR
@@ -46,10 +47,11 @@ def _tail(path: Path, lines: int = 40) -> str:
         return ""
 
 
-def run_package_test(package: StagedPackage, body: bytes, content_type: str = "application/json") -> TestOutcome:
+def run_package_test(package: StagedPackage, body: bytes, content_type: str = "application/json",
+                     environment: Built | None = None) -> TestOutcome:
     with scratch.temporary("test") as tmp:
         repository = Path(tmp) / "repository"
-        entry = build_entry(package, repository).name
+        entry = build_entry(package, repository, environment=environment).name
         with EmbeddedTriton(repository=repository, work_dir=Path(tmp) / "triton") as triton:
             entry_log = triton.log_dir / f"{entry}.log"
             with TritonClient(triton.http_url) as client:

@@ -3,8 +3,11 @@ into its repository (each under a unique name) and load them through the reposit
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,6 +27,14 @@ ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
 
 PackageFactory = Callable[..., Path]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One environment cache for the whole run, in every process it starts (each spec builds once), and never
+    the checkout's .turnout/."""
+    if "TURNOUT_ENVIRONMENTS_DIR" not in os.environ:
+        os.environ["TURNOUT_ENVIRONMENTS_DIR"] = tempfile.mkdtemp(prefix="turnout-test-environments-")
+        config.add_cleanup(lambda: shutil.rmtree(os.environ.pop("TURNOUT_ENVIRONMENTS_DIR"), ignore_errors=True))
 
 
 @pytest.fixture(scope="session")

@@ -105,3 +105,16 @@ def test_the_scoring_runtime_imports_nothing_of_the_server() -> None:
     """)
     completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=REPO_ROOT)
     assert completed.stdout.strip() == ""
+
+
+def test_the_inspecting_child_imports_nothing_of_the_server_but_itself() -> None:
+    """It runs in a deployment's own environment, where pydantic may be another major version or absent."""
+    script = textwrap.dedent(f"""
+        import sys
+        import packager.inspect_child
+        leaked = sorted(m for m in sys.modules if (m.split(".")[0] in {SERVER_SIDE!r} or m.startswith({SERVER_SIDE!r}))
+                        and m not in ("packager", "packager.inspect_child"))
+        print(",".join(leaked))
+    """)
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=REPO_ROOT)
+    assert completed.stdout.strip() == ""

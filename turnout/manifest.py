@@ -26,6 +26,8 @@ CODE_DIR = "code"
 MODELS_DIR = "azureml-models"
 # The package's own requirements.txt / conda.yaml, recorded beside code/.
 ENVIRONMENT_DIR = "environment"
+# <entry>/python-env: a relative link to the entry's own environment, when it has one (EXECUTION_ENV_PATH).
+ENTRY_ENVIRONMENT = "python-env"
 
 
 class ScoringKind(str, Enum):
@@ -71,6 +73,7 @@ class Manifest:
     dynamic_batching: bool = True
     max_queue_delay_microseconds: int = 0
     memory_limit_bytes: int | None = None  # an instance using more is restarted by the gateway
+    environment: str | None = None  # the key of its own Python environment (None: the serving one)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", ScoringKind(self.kind))
@@ -161,6 +164,7 @@ _TYPES: dict[str, tuple[Any, str]] = {
     "sample_request": (_optional(lambda v: isinstance(v, str)), "a string or null"),
     "source": (lambda v: isinstance(v, str), "a string"),
     "memory_limit_bytes": (_optional(_is_int), "an integer or null"),
+    "environment": (_optional(lambda v: isinstance(v, str)), "a string or null"),
     "instance_kind": (lambda v: isinstance(v, str), "cpu or gpu"),
     "instance_count": (_is_int, "an integer"),
     "max_batch_size": (_is_int, "an integer"),

@@ -87,6 +87,7 @@ async def delete_deployment(endpoint: str, deployment: str, control: Control) ->
 
 @router.get("/endpoints/{endpoint}/deployments/{deployment}/logs", response_class=PlainTextResponse)
 async def deployment_logs(
-    endpoint: str, deployment: str, control: Control, lines: int = Query(200, ge=1, le=10000)
+    endpoint: str, deployment: str, control: Control, lines: int = Query(200, ge=1, le=10000),
+    build: bool = Query(False, description="Its environment's build log instead of its script's log."),
 ) -> str:
-    return control.logs(endpoint, deployment, lines)
+    return control.logs(endpoint, deployment, lines, build)

@@ -149,3 +149,36 @@ async def test_a_drop_that_fails_outside_our_errors_is_reported(tmp_path: Path, 
         await gw.services.dropzone.process("odd")
         models = {m["name"]: m for m in (await gw.http.get("/models", headers=gw.admin)).json()}
         assert models["odd"]["state"] == "failed" and "could not be read (Error:" in models["odd"]["reason"]
+
+
+TABULATE = "import tabulate\ndef predict(batch):\n    return batch\n"
+
+
+async def test_a_drop_with_requirements_is_building_then_live_and_a_bad_one_fails_alone(
+        tmp_path: Path, make_package: PackageFactory) -> None:
+    node = FakeNode()
+    settings = settings_for(tmp_path, environments_dir=tmp_path / "environments")
+    settings.repository.mkdir(parents=True)
+    async with inprocess(settings, node) as gw:
+        await until(lambda: gw.services.loaded)
+        zone, models = gw.services.dropzone, gw.services.models
+        seen: list[str] = []
+        models.entries.subscribe(lambda: seen.extend(f"{m.state}: {m.reason}" for m in models.all()
+                                                     if m.info.name == "tables"))
+        shutil.copytree(make_package(TABULATE, files={"requirements.txt": "tabulate==0.9.0\n"}),
+                        settings.repository / "tables")
+        await zone.process("tables")
+        assert any(s.startswith("building: building its environment: [") for s in seen), seen
+        assert node.loads == ["drop.tables.v1"]
+        listed = {m["name"]: m for m in (await gw.http.get("/models", headers=gw.admin)).json()}
+        assert listed["tables"]["state"] == "ready" and listed["tables"]["environment"]
+        assert (tmp_path / "environments" / listed["tables"]["environment"]).is_dir()
+
+        shutil.copytree(make_package(TABULATE, files={"requirements.txt": "tabulate==99.0\n"}),
+                        settings.repository / "nothing")
+        await zone.process("nothing")
+        listed = {m["name"]: m for m in (await gw.http.get("/models", headers=gw.admin)).json()}
+        assert listed["nothing"]["state"] == "failed"
+        assert "its environment could not be built (no matching distribution)" in listed["nothing"]["reason"]
+        assert "tabulate==99.0" in listed["nothing"]["log_tail"]
+        assert listed["tables"]["state"] == "ready" and node.loads == ["drop.tables.v1"]

@@ -112,7 +112,11 @@ def test_azure_deployment_yaml(tmp_path: Path) -> None:
         assert (staged.root / "environment" / "conda.yaml").exists()
         assert (staged.spec.instance.kind, staged.spec.instance.count) == ("gpu", 2)
         assert staged.spec.timeout_seconds == 2.5
-        assert staged.warnings == ["ignored Azure keys (not used by Turnout): scale_settings, environment.image"]
+        assert staged.warnings == [
+            "ignored Azure keys (not used by Turnout): scale_settings",
+            "environment.image some/image is recorded, not used: models run on the Triton node's image, in an "
+            "environment built from the conda_file"]
+        assert (staged.root / "environment" / "image.txt").read_text() == "some/image\n"
 
 
 def _bomb_zip(path: Path, megabytes: int) -> Path:

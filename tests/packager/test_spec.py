@@ -69,7 +69,7 @@ def test_azure_online_deployment(tmp_path: Path) -> None:
     assert (deployment.name, deployment.endpoint_name, deployment.instance_count) == ("blue", "my-endpoint", 2)
     assert deployment.code_configuration is not None and deployment.code_configuration.scoring_script == "score.py"
     assert deployment.request_settings is not None and deployment.request_settings.request_timeout_ms == 3000
-    assert ignored == ["app_insights_enabled", "liveness_probe", "environment.image"]
+    assert ignored == ["app_insights_enabled", "liveness_probe"]  # environment.image: recorded (sources.py)
     assert not deployment.is_batch
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from turnout.manifest import InstanceKind, Manifest
+from turnout.manifest import ENTRY_ENVIRONMENT, InstanceKind, Manifest
 from turnout.triton.embedded import BACKEND_NAME
 
 
@@ -23,6 +23,8 @@ class EntryConfig:
     dynamic_batching: bool = True
     # 0: a lone request never waits; under load batches still form while an instance is busy.
     max_queue_delay_microseconds: int = 0
+    # $$TRITON_MODEL_DIRECTORY/python-env: the entry's link to its own environment (None: the serving one).
+    execution_env_path: str | None = None
 
     @classmethod
     def from_manifest(cls, manifest: Manifest, name: str, *, instance_kind: InstanceKind | None = None,
@@ -35,6 +37,7 @@ class EntryConfig:
             max_batch_size=manifest.max_batch_size,
             dynamic_batching=manifest.dynamic_batching,
             max_queue_delay_microseconds=manifest.max_queue_delay_microseconds,
+            execution_env_path=f"$$TRITON_MODEL_DIRECTORY/{ENTRY_ENVIRONMENT}" if manifest.environment else None,
         )
 
 
@@ -53,6 +56,8 @@ def build_model_config(entry: EntryConfig) -> mc.ModelConfig:
     config.instance_group.append(mc.ModelInstanceGroup(kind=kind, count=entry.instance_count))
     if entry.dynamic_batching and entry.max_batch_size > 0:
         config.dynamic_batching.max_queue_delay_microseconds = entry.max_queue_delay_microseconds
+    if entry.execution_env_path:
+        config.parameters["EXECUTION_ENV_PATH"].string_value = entry.execution_env_path
     return config
 
 
