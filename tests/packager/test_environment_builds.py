@@ -39,9 +39,10 @@ def spec_of(tmp_path: Path, requirements: str, name: str = "environment") -> Env
 
 
 def run_in(environment: Path, code: str) -> str:
-    # Not from the checkout: its turnout/ would shadow the environment's own copy of the runtime.
+    # Not from the checkout (nor a PYTHONPATH naming it): its turnout/ would shadow the environment's own copy.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     return subprocess.run([str(environment / "bin" / "python"), "-c", code], capture_output=True, text=True,
-                          check=True, cwd=environment).stdout.strip()
+                          check=True, cwd=environment, env=env).stdout.strip()
 
 
 def test_a_small_spec_builds_once_and_is_then_found_in_the_cache(tmp_path: Path) -> None:
