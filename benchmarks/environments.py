@@ -146,7 +146,7 @@ def stub_memories(work: Path) -> list[tuple[str, float]]:
     rows = []
     with EmbeddedTriton(repository=repository, work_dir=work / "triton") as triton, \
             TritonClient(triton.http_url) as client:
-        for name, entry in entries.items():
+        for entry in entries.values():
             client.load(entry)
             client.score(entry, b"{}")
         time.sleep(1.0)

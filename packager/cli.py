@@ -11,7 +11,7 @@ import typer
 
 from packager import pipeline, scratch
 from packager.environment_assets import EnvironmentAssets
-from packager.environments import LOCK_FILE
+from packager.environments import LOCK_FILE, built_from_lock
 from packager.environments import default_root as default_environments_root
 from packager.environments import entries as environment_entries
 from packager.environments import prune as prune_environments
@@ -208,16 +208,21 @@ def list_(registry: RegistryOption = None) -> None:
 
 @app.command()
 def show(
-    reference: Annotated[str, typer.Argument(help="name or name:version")], registry: RegistryOption = None
+    reference: Annotated[str, typer.Argument(help="name or name:version")], registry: RegistryOption = None,
+    environments: EnvironmentsOption = None,
 ) -> None:
-    """Show one registered version as JSON (with its environment's lock, if it has one)."""
+    """Show one registered version as JSON (with its environment's lock and build log, if it has one)."""
     reg = Registry(default_registry_root(registry))
     record = reg.resolve(reference)
     shown = record.model_dump(mode="json")
     lock = reg.path_of(record) / ENVIRONMENT_DIR / LOCK_FILE
     if lock.is_file():
-        shown["environment_lock"] = [line for line in lock.read_text(encoding="utf-8").splitlines()
-                                     if line and not line.lstrip().startswith("#")]
+        text = lock.read_text(encoding="utf-8")
+        shown["environment_lock"] = [line for line in text.splitlines() if line and not line.lstrip().startswith("#")]
+        built = built_from_lock(text, environments or default_environments_root())
+        if built is not None:
+            shown["environment"] = {"key": built.name, "path": str(built),
+                                    "build_log": (built / "build.log").read_text(encoding="utf-8").splitlines()}
     typer.echo(json.dumps(shown, indent=2))
 
 

@@ -441,6 +441,8 @@ def _build(spec: EnvironmentSpec, building: Path, root: Path, serving: dict[str,
         lock_path.write_text("".join(f"{n}=={v}\n" for n, v in sorted(serving.items())), encoding="utf-8")
         run("resolve", uv, "pip", "compile", str(building / "requirements.in"), "-c", str(building / "constraints.txt"),
             "--python", str(python), "--annotate", "--no-header", "--quiet", "-o", str(lock_path))
+        # The same resolution reads the same wherever it was built (the lock goes into the registered package).
+        lock_path.write_text(lock_path.read_text(encoding="utf-8").replace(f"{building}/", ""), encoding="utf-8")
         log.say(f"resolve: done in {time.monotonic() - began:.1f} s")
     pinned, parents = read_lock(lock_path.read_text(encoding="utf-8"))
     key = _key(pinned, serving)
@@ -548,9 +550,11 @@ def _failure(spec: EnvironmentSpec, kind: str, first: str, log: _Log) -> Deploym
                                               "log_tail": log.tail()})
 
 
-def link(built: Path, entry_dir: Path) -> str:
-    """The relative link an entry keeps to its environment (a shared volume may be mounted anywhere)."""
-    return os.path.relpath(built, entry_dir)
+def built_from_lock(lock: str, root: Path) -> Path | None:
+    """The cached environment a lock resolves to, if it is built (for ``packager show``)."""
+    pinned, _ = read_lock(lock)
+    found = root / _key(pinned, serving_packages())
+    return found if (found / MARKER).is_file() else None
 
 
 def entries(root: Path) -> list[dict[str, Any]]:

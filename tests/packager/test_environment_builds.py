@@ -56,7 +56,7 @@ def test_a_small_spec_builds_once_and_is_then_found_in_the_cache(tmp_path: Path)
                               "numpy.__version__ < '2', turnout.__file__.startswith(sys.prefix))") == "0.8.10 True True"
     steps = [line.split("] ", 1)[1].split(":")[0] for line in lines]
     assert {"create", "resolve", "install", "runtime", "check", "ready"} <= set(steps)
-    assert (built.path / LOCK_FILE).read_text().startswith("tabulate==0.8.10")
+    assert (built.path / LOCK_FILE).read_text() == "tabulate==0.8.10\n    # via -r requirements.in\n"  # no build path
     again = prepare(spec_of(tmp_path, "tabulate==0.8.10\n", "again"), root)
     assert again.cached and again.path == built.path
     assert [p.name for p in root.iterdir() if not p.name.startswith(".")] == [built.key]
@@ -167,3 +167,20 @@ def test_prune_removes_only_what_no_entry_links_to(tmp_path: Path) -> None:
     again = prepare(spec_of(tmp_path, "tabulate==0.8.10\n", "unused"), root)
     assert not again.cached and again.path.is_dir()
     assert json.loads((again.path / MARKER).read_text())["installed"] == ["tabulate==0.8.10"]
+
+
+def test_packager_show_names_the_registered_versions_lock_and_its_build(tmp_path: Path) -> None:
+    folder = tmp_path / "tables"
+    folder.mkdir()
+    (folder / "score.py").write_text("import tabulate\ndef init(): pass\ndef run(raw): return tabulate.__version__\n")
+    (folder / "requirements.txt").write_text("tabulate==0.8.10\n")
+    env = {**os.environ, "TURNOUT_REGISTRY": str(tmp_path / "registry"),
+           "TURNOUT_ENVIRONMENTS_DIR": str(tmp_path / "environments")}
+    packager = str(Path(sys.executable).parent / "packager")
+    registered = subprocess.run([packager, "register", str(folder)], capture_output=True, text=True, env=env, timeout=120)
+    assert registered.returncode == 0, registered.stderr
+    assert "install: downloading and installing tabulate==0.8.10" in registered.stderr  # progress, as it goes
+    shown = json.loads(subprocess.run([packager, "show", "tables:1"], capture_output=True, text=True, env=env,
+                                      check=True, timeout=60).stdout)
+    assert shown["environment_lock"] == ["tabulate==0.8.10"]
+    assert any("ready: environment" in line for line in shown["environment"]["build_log"])
