@@ -106,7 +106,7 @@ def uv_against_pip(work: Path) -> list[tuple[str, float]]:
         started = time.perf_counter()
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, env=env)
         subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", "-r",
-                        str(work / "req.txt")], check=True, env=env)
+                        str(work / "req.txt")], check=True, env=env, stderr=subprocess.DEVNULL)
         return time.perf_counter() - started
 
     rows = []
