@@ -130,6 +130,11 @@ class EnvironmentSpec:
                          "layered over the Triton node's serving Python")
         lock = (folder / LOCK_FILE).read_text(encoding="utf-8") if (folder / LOCK_FILE).is_file() else None
         parsed = [_requirement(line, "the environment") for line in requirements]
+        for requirement in parsed:
+            if canonicalize_name(requirement.name) == "mlflow":
+                requirement.name = "mlflow-skinny"
+                notes.append("mlflow is installed as mlflow-skinny (the same version): scoring needs neither its "
+                             "tracking server nor its UI")
         replaced = sorted({r.name for r in parsed if canonicalize_name(r.name) in REPLACED})
         if replaced:
             notes.append(f"{', '.join(replaced)} (Azure's inference HTTP server) is not installed: Turnout serves "

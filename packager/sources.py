@@ -137,10 +137,58 @@ def _environment_of_folder(folder: Path, spec: PackageSpec, stage: Path) -> None
     _record_environment(stage, [folder / name for name in ("requirements.txt", "conda.yaml", "conda.yml")])
 
 
+MLMODEL = "MLmodel"
+_MLFLOW_SCRIPT = Path(__file__).resolve().parent / "builtin" / "mlflow_score.py"
+
+
+def mlflow_model_in(folder: Path) -> Path | None:
+    """The MLflow model a package without a scoring script brings: the folder itself, or its model/."""
+    for candidate in (folder, folder / "model"):
+        if (candidate / MLMODEL).is_file():
+            return candidate
+    return None
+
+
+def _stage_mlflow(model_dir: Path, stage: Path, spec: PackageSpec) -> str:
+    """An MLflow model with no scoring script (Azure's no-code deployment): Turnout's own script serves it
+    with mlflow.pyfunc, in the environment the model declares."""
+    (stage / CODE_DIR).mkdir(parents=True)
+    shutil.copy2(_MLFLOW_SCRIPT, stage / CODE_DIR / spec.scoring_script)
+    name = _copy_model(model_dir, stage)
+    environment = stage / ENVIRONMENT_DIR
+    environment.mkdir(exist_ok=True)
+    requirements = model_dir / "requirements.txt"
+    if requirements.is_file():
+        lines = requirements.read_text(encoding="utf-8").splitlines()
+    elif (model_dir / "conda.yaml").is_file():
+        shutil.copy2(model_dir / "conda.yaml", environment / "conda.yaml")
+        lines = []
+    else:
+        lines = []
+    text = "\n".join(lines)
+    if not re.search(r"^\s*mlflow", text, flags=re.MULTILINE | re.IGNORECASE) and not (environment / "conda.yaml").is_file():
+        lines.append("mlflow-skinny")
+    if lines:
+        (environment / "requirements.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return name
+
+
 def from_folder(folder: Path, source: str | None = None) -> StagedPackage:
     folder = folder.resolve()
     spec_file = folder / SPEC_FILE
     spec = load_package_spec(spec_file) if spec_file.is_file() else PackageSpec()
+    mlflow_dir = mlflow_model_in(folder)
+    if mlflow_dir is not None and not ((folder / spec.code).resolve() / spec.scoring_script).is_file():
+        stage, tmp = _new_stage()
+        try:
+            served = _stage_mlflow(mlflow_dir, stage, spec)
+        except BaseException:
+            tmp.cleanup()
+            raise
+        name = spec.name or check_name(re.sub(r"[^A-Za-z0-9_.-]", "-", folder.name).strip("-.") or "model")
+        return StagedPackage(stage, name, spec, served, source or str(folder),
+                             ["an MLflow model with no scoring script: served by Turnout's mlflow.pyfunc script"],
+                             _tmp=tmp)
     name = spec.name or check_name(re.sub(r"[^A-Za-z0-9_.-]", "-", folder.name).strip("-.") or "model")
     code_dir = (folder / spec.code).resolve()
     model_path = folder / spec.model_path if spec.model_path else folder / "model"
@@ -260,9 +308,7 @@ def from_azure_yaml(path: Path, registry: Registry | None = None,
     deployment, ignored = load_azure_deployment(path, overrides)
     base = path.parent.resolve()
     if deployment.code_configuration is None:
-        raise PackageError(
-            f"{path}: code_configuration (code + scoring_script) is required; Turnout serves scoring scripts"
-        )
+        return _azure_mlflow(deployment, base, path, registry, ignored)
     code = deployment.code_configuration
     spec = _spec_from_azure(deployment, code.scoring_script)
     code_dir = (base / code.code).resolve()
@@ -278,6 +324,31 @@ def from_azure_yaml(path: Path, registry: Registry | None = None,
         raise
     name = _azure_package_name(deployment)
     return StagedPackage(stage, name, spec, model_name, str(path.resolve()), warnings, _tmp=tmp)
+
+
+def _azure_mlflow(deployment: AzureDeployment, base: Path, path: Path, registry: Registry | None,
+                  ignored: list[str]) -> StagedPackage:
+    """Azure's no-code deployment: an MLflow model (``type: mlflow_model``) and no code_configuration."""
+    spec = _spec_from_azure(deployment, "score.py")
+    stage, tmp = _new_stage()
+    try:
+        staged_models = stage / ".models"
+        model_name = _azure_model(deployment, base, staged_models, registry, path)
+        found = mlflow_model_in(staged_models / MODELS_DIR / model_name) if model_name else None
+        if found is None:
+            raise PackageError(f"{path}: code_configuration (code + scoring_script) is required, unless the model "
+                               "is an MLflow model (a folder with an MLmodel file), which Turnout serves itself")
+        model_name = _stage_mlflow(found, stage, spec)
+        shutil.rmtree(staged_models)
+        warnings = [f"ignored Azure keys (not used by Turnout): {', '.join(ignored)}"] if ignored else []
+        warnings.append("an MLflow model with no scoring script: served by Turnout's mlflow.pyfunc script")
+        if deployment.environment is not None:
+            warnings += _azure_environment(deployment, base, stage, registry, path)
+    except BaseException:
+        tmp.cleanup()
+        raise
+    return StagedPackage(stage, _azure_package_name(deployment), spec, model_name, str(path.resolve()), warnings,
+                         _tmp=tmp)
 
 
 def _azure_environment(deployment: AzureDeployment, base: Path, stage: Path, registry: Registry | None,

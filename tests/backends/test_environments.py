@@ -14,8 +14,8 @@ import pytest
 
 from packager import pipeline
 from packager.sources import resolve_source
-from tests.conftest import Serving
-from turnout.errors import ScriptLoadError
+from tests.conftest import FIXTURES, Serving
+from turnout.errors import BadInput, ScriptLoadError
 from turnout.triton.client import TritonClient
 from turnout.triton.config import read_config
 from turnout.triton.embedded import EmbeddedTriton
@@ -108,3 +108,16 @@ def test_an_environment_reaches_every_node_through_the_shared_volume(tmp_path: P
                 answers.append(json.loads(client.score(entry, b"{}").body))
     assert [a["tabulate"] for a in answers] == ["0.8.10", "0.8.10"]
     assert all(Path(a["prefix"]).resolve().parent == (volume / "environments").resolve() for a in answers)
+
+
+def test_an_mlflow_model_without_a_script_serves_in_its_own_environment(serving: Serving, environments: Path) -> None:
+    """Azure's no-code deployment: the model's requirements.txt is its environment (mlflow as mlflow-skinny),
+    Turnout's script loads it with mlflow.pyfunc and takes Azure's MLflow input format."""
+    entry = deploy(serving, FIXTURES / "mlflow_model" / "no-code-deployment.yml", environments)
+    serving.client.load(entry)
+    body = {"input_data": {"columns": ["a", "b", "c"], "index": [0, 1], "data": [[1, 1, 1], [0, 0, 1]]}}
+    assert json.loads(serving.client.score(entry, json.dumps(body).encode()).body) == [6.0, 3.0]
+    records = {"dataframe_records": [{"a": 2, "b": 0, "c": 0}]}
+    assert json.loads(serving.client.score(entry, json.dumps(records).encode()).body) == [2.0]
+    with pytest.raises(BadInput, match="expected one of input_data"):
+        serving.client.score(entry, b'{"rows": []}')

@@ -15,6 +15,7 @@ import httpx
 import pytest
 import yaml
 
+from tests.conftest import FIXTURES
 from tests.gateway.conftest import BIN, GatewayProcess, endpoint_yaml
 
 pytestmark = pytest.mark.integration
@@ -132,3 +133,15 @@ def test_a_drop_with_requirements_goes_live_in_its_own_environment(gateway: Gate
     assert models["tables-drop"]["environment"]
     answer = httpx.post(f"{gateway.url}/models/tables-drop/score", content=b"{}", headers=gateway.admin)
     assert answer.json() == {"tabulate": "0.8.9"}
+
+
+def test_azures_no_code_mlflow_deployment_serves(gateway: GatewayProcess, tmp_path: Path) -> None:
+    gateway.cli("endpoint", "create", "-f", str(endpoint_yaml(tmp_path, "weights")))
+    created = gateway.cli("deployment", "create", "-f", str(FIXTURES / "mlflow_model" / "no-code-deployment.yml"),
+                          "--all-traffic")
+    assert "served by Turnout's mlflow.pyfunc script" in created.stderr
+    key, _ = gateway.keys("weights")
+    body = {"input_data": {"columns": ["a", "b", "c"], "index": [0], "data": [[1, 0, 1]]}}
+    answer = httpx.post(f"{gateway.url}/endpoints/weights/score", json=body,
+                        headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    assert answer.status_code == 200 and answer.json() == [4.0]

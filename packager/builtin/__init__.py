@@ -1,0 +1,1 @@
+"""Scoring scripts Turnout supplies itself, for models that come without one (MLflow "no-code" models)."""
