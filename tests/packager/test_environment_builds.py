@@ -184,3 +184,15 @@ def test_packager_show_names_the_registered_versions_lock_and_its_build(tmp_path
                                       check=True, timeout=60).stdout)
     assert shown["environment_lock"] == ["tabulate==0.8.10"]
     assert any("ready: environment" in line for line in shown["environment"]["build_log"])
+
+
+def test_two_deployments_of_one_spec_at_once_build_it_once(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    root = tmp_path / "environments"
+    specs = [spec_of(tmp_path, "tabulate==0.8.7\n", f"at-once-{n}") for n in range(2)]
+    with ThreadPoolExecutor(2) as pool:
+        built = list(pool.map(lambda spec: prepare(spec, root), specs))
+    assert built[0].path == built[1].path
+    assert sorted(b.cached for b in built) == [False, True]  # the second waited for the first, then found it
+    assert len(entries(root)) == 1
