@@ -55,7 +55,7 @@ class GatewaySettings(BaseSettings):
         default_factory=dict, description="Extra instance_type -> pool mappings (override the built-in table)."
     )
     environments_dir: Path | None = Field(
-        default=None, description="Cache of per-deployment Python environments [default: <state_dir>/environments].")
+        default=None, description="Cache of per-deployment Python environments (none: <state_dir>/environments).")
     environment_build_timeout_seconds: float = Field(
         default=600.0, gt=0, description="Longest time one environment may take to build (then 424).")
     log_level: str = Field(default="info", pattern="^(debug|info|warning|error)$",
