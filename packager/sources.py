@@ -392,9 +392,10 @@ def _spec_from_azure(deployment: AzureDeployment, scoring_script: str) -> Packag
         description=deployment.description or "",
         tags=deployment.tags,
         kind=ScoringKind.batch if deployment.is_batch else ScoringKind.online,
-        environment_variables=deployment.environment_variables,
+        environment_variables={**deployment.environment_variables,
+                               **(deployment.settings.environment_variables if deployment.settings else {})},
         instance_type=deployment.instance_type,
-        batch_settings=deployment.settings or {},
+        batch_settings=deployment.settings.model_dump(mode="json", exclude_unset=True) if deployment.settings else {},
         memory_limit=deployment.memory_limit,
     )
     spec.instance.count = deployment.instance_count

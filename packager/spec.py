@@ -57,6 +57,48 @@ class BatchingSpec(Strict):
     )
 
 
+class RetrySettings(Strict):
+    """A batch deployment's ``retry_settings``, with Azure's defaults."""
+
+    max_retries: int = Field(default=3, ge=0, description="Attempts after the first for a failed mini-batch.")
+    timeout: float = Field(default=30, gt=0, description="Seconds one mini-batch may take.")
+
+
+class BatchSettings(Strict):
+    """A batch deployment's ``settings`` (Azure's keys and defaults; a key Azure does not have is an error)."""
+
+    max_concurrency_per_instance: int = Field(default=1, ge=1, description="Mini-batches in flight per instance.")
+    mini_batch_size: int = Field(default=10, ge=1, description="Files per call of run(mini_batch).")
+    output_action: str = Field(default="append_row", description="append_row or summary_only.")
+    output_file_name: str = Field(default="predictions.csv", min_length=1)
+    retry_settings: RetrySettings = Field(default_factory=RetrySettings)
+    error_threshold: int = Field(default=-1, ge=-1, description="Failed files before the job fails (-1: never).")
+    logging_level: str = Field(default="info", description="debug, info, warning or error.")
+    environment_variables: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("output_action")
+    @classmethod
+    def _action(cls, value: str) -> str:
+        normalised = re.sub(r"(?<=[a-z])(?=[A-Z])", "_", value).lower()  # Azure's SDK spells it AppendRow
+        if normalised not in ("append_row", "summary_only"):
+            raise ValueError(f"output_action must be append_row or summary_only, got {value!r}")
+        return normalised
+
+    @field_validator("logging_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        if value.lower() not in ("debug", "info", "warning", "error", "critical"):
+            raise ValueError(f"logging_level must be debug, info, warning, error or critical, got {value!r}")
+        return value.lower()
+
+    @field_validator("output_file_name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        if "/" in value or "\\" in value or value in (".", ".."):
+            raise ValueError(f"output_file_name must be a file name, not a path: {value!r}")
+        return value
+
+
 class PackageSpec(Strict):
     """``model.yaml``: every field optional; the defaults fit a folder with score.py and model/."""
 
@@ -78,7 +120,8 @@ class PackageSpec(Strict):
         default=None, description="Its own Python environment: a requirements.txt or conda.yaml, or a list of requirements.")
     environment_variables: dict[str, str] = Field(default_factory=dict)
     signature: dict[str, Any] | None = Field(default=None, description="Optional typed signature (OpenAPI).")
-    batch_settings: dict[str, Any] = Field(default_factory=dict, description="Azure batch deployment settings.")
+    batch_settings: dict[str, Any] = Field(
+        default_factory=dict, description="Azure batch deployment settings, as given (BatchSettings checks them).")
     memory_limit: int | str | None = Field(
         default=None, description="Most memory one instance may use (bytes, or 512Mi, 2Gi); past it it is restarted."
     )
@@ -87,6 +130,17 @@ class PackageSpec(Strict):
     @classmethod
     def _size(cls, value: int | str | None) -> int | None:
         return None if value is None else parse_bytes(value, "memory_limit")
+
+    @field_validator("batch_settings")
+    @classmethod
+    def _batch(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # What was given is kept (a package's content hash does not change with Turnout's defaults).
+        return BatchSettings.model_validate(value).model_dump(mode="json", exclude_unset=True) if value else value
+
+    @property
+    def batch(self) -> BatchSettings:
+        """The batch settings in force: what was given, Azure's defaults for the rest."""
+        return BatchSettings.model_validate(self.batch_settings)
 
     @field_validator("name")
     @classmethod
@@ -159,13 +213,13 @@ AZURE_IGNORED_KEYS = frozenset({
     "app_insights_enabled", "scale_settings", "liveness_probe", "readiness_probe",
     "egress_public_network_access", "data_collector", "properties", "type", "resources", "compute",
     "model_mount_path", "default_instance_type", "private_network_connection", "data_collection",
-    "deployment_configuration", "job_definition", "component", "logging_level", "creation_context",
+    "deployment_configuration", "job_definition", "component", "creation_context",
     "provisioning_state", "id",
 })
 # Older batch schemas put these at the top level; newer ones under ``settings``.
 AZURE_BATCH_KEYS = frozenset({
     "mini_batch_size", "output_action", "output_file_name", "retry_settings", "error_threshold",
-    "max_concurrency_per_instance", "environment_variables_batch",
+    "max_concurrency_per_instance", "logging_level",
 })
 
 
@@ -249,7 +303,7 @@ class AzureDeployment(BaseModel):
     instance_count: int = Field(default=1, ge=1)
     memory_limit: int | str | None = Field(default=None, description="Taken from resources.limits.memory.")
     request_settings: AzureRequestSettings | None = None
-    settings: dict[str, Any] | None = None
+    settings: BatchSettings | None = None
 
     @property
     def is_batch(self) -> bool:

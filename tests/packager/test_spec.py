@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -100,9 +101,51 @@ settings:
 """
     deployment, ignored = load_azure_deployment(write(tmp_path, "batch.yml", text))
     assert deployment.is_batch
-    assert deployment.settings is not None and deployment.settings["mini_batch_size"] == 10
+    assert deployment.settings is not None and deployment.settings.mini_batch_size == 10
+    assert deployment.settings.max_concurrency_per_instance == 2
     assert deployment.instance_count == 2
     assert ignored == ["compute", "resources", "type"]
+
+
+BATCH_MINIMAL = """\
+$schema: https://azuremlschemas.azureedge.net/latest/modelBatchDeployment.schema.json
+name: nightly
+endpoint_name: batch-ep
+code_configuration: {code: ., scoring_script: batch_driver.py}
+settings: {}
+"""
+
+
+def test_batch_settings_take_azures_defaults(tmp_path: Path) -> None:
+    deployment, _ = load_azure_deployment(write(tmp_path, "batch.yml", BATCH_MINIMAL))
+    settings = deployment.settings
+    assert settings is not None
+    assert (settings.max_concurrency_per_instance, settings.mini_batch_size, settings.output_action,
+            settings.output_file_name, settings.retry_settings.max_retries, settings.retry_settings.timeout,
+            settings.error_threshold, settings.logging_level) == (1, 10, "append_row", "predictions.csv", 3, 30, -1, "info")
+
+
+def test_older_top_level_batch_keys_and_the_sdks_spelling_are_read(tmp_path: Path) -> None:
+    text = BATCH_MINIMAL.replace("settings: {}\n", "mini_batch_size: 5\noutput_action: SummaryOnly\nlogging_level: WARNING\n")
+    deployment, ignored = load_azure_deployment(write(tmp_path, "batch.yml", text))
+    assert deployment.settings is not None
+    assert (deployment.settings.mini_batch_size, deployment.settings.output_action,
+            deployment.settings.logging_level) == (5, "summary_only", "warning")
+    assert "logging_level" not in ignored
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ("{mini_batch_size: 0}", "settings.mini_batch_size"),
+    ("{output_action: append_rows}", "output_action must be append_row or summary_only, got 'append_rows'"),
+    ("{retry_settings: {max_retries: 3, timeout_s: 30}}", "settings.retry_settings.timeout_s"),
+    ("{error_threshold: -2}", "settings.error_threshold"),
+    ("{output_file_name: ../out.csv}", "output_file_name must be a file name, not a path"),
+    ("{mini_batchsize: 10}", "settings.mini_batchsize"),
+])
+def test_batch_settings_azure_lacks_or_cannot_take_are_refused_naming_them(tmp_path: Path, settings: str,
+                                                                            message: str) -> None:
+    with pytest.raises(PackageError, match=re.escape(message)):
+        load_azure_deployment(write(tmp_path, "batch.yml", BATCH_MINIMAL.replace("{}", settings)))
 
 
 LAUGHS = """
