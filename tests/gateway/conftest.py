@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,16 +20,37 @@ import pytest
 import yaml
 
 from tests.conftest import FIXTURES
-from turnout.triton.embedded import free_ports
 
 BIN = Path(sys.executable).parent
 ROLLOUT = FIXTURES / "rollout"
 
 
+def gateway_ports(count: int) -> list[int]:
+    """Free loopback ports *below* the kernel's ephemeral range. The gateway's embedded Triton picks its own
+    ports with bind(0), from that range, after the test chose the gateway's and before the gateway binds
+    them: ports from outside it can never be handed to that Triton as well (seen once: a POST answered by
+    Triton's metrics listener)."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    held: list[socket.socket] = []
+    try:
+        while len(held) < count:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                sock.bind(("127.0.0.1", random.randrange(max(1024, low - 12000), low)))
+            except OSError:
+                sock.close()
+                continue
+            held.append(sock)
+        return [int(sock.getsockname()[1]) for sock in held]
+    finally:
+        for sock in held:
+            sock.close()
+
+
 class GatewayProcess:
     def __init__(self, repository: Path, state: Path, *args: str, cwd: Path | None = None) -> None:
         self.repository, self.state, self.args, self.cwd = repository, state, args, cwd
-        self.port, self.grpc_port = free_ports(2)
+        self.port, self.grpc_port = gateway_ports(2)
         self.process: subprocess.Popen[bytes] | None = None
         self.log = state.parent / f"gateway-{self.port}.log"
 
