@@ -148,8 +148,7 @@ class EnvironmentSpec:
         """Refuse what no build could serve (numpy 2)."""
         for line in self.requirements:
             requirement = Requirement(line)
-            if canonicalize_name(requirement.name) == "numpy" and requirement.specifier and not any(
-                    requirement.specifier.contains(v, prereleases=True) for v in ("1.21.6", "1.24.4", "1.26.4")):
+            if canonicalize_name(requirement.name) == "numpy" and _asks_numpy_2(requirement):
                 raise PackageError(f"the environment asks for {line}: Triton's Python stub speaks numpy 1's ABI, so "
                                    "every environment has numpy < 2 (ask for numpy<2, or leave the version open)")
 
@@ -158,6 +157,15 @@ class EnvironmentSpec:
         document = {"requirements": self.requirements, "lock": self.lock, "python": _stub_python(),
                     "runtime": runtime.fingerprint(), "constraints": CONSTRAINTS, "serving": serving}
         return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _asks_numpy_2(requirement: Requirement) -> bool:
+    """A lower bound (or a pin) at 2 or above: nothing numpy 1 can satisfy."""
+    for clause in requirement.specifier:
+        if clause.operator in (">=", ">", "==", "~=", "===") and clause.version.split(".")[0].isdigit() \
+                and int(clause.version.split(".")[0]) >= 2:
+            return True
+    return False
 
 
 def _stub_python() -> str:
@@ -291,6 +299,8 @@ _KINDS = (
     ("resolution conflict", ("no solution found", "are incompatible", "unsatisfiable", "conflicting")),
     ("network", ("failed to fetch", "dns error", "could not connect", "connection refused", "timed out",
                  "network is unreachable", "error sending request")),
+    # No wheel for the stub's Python, so uv built it from its sources (a pin from an older Python's era).
+    ("source build failed", ("failed to build", "build backend returned an error")),
     ("import error", ("importerror", "modulenotfounderror", "error while loading shared")),
 )
 
@@ -547,8 +557,11 @@ def read_lock(text: str) -> tuple[dict[str, str], dict[str, set[str]]]:
 def _failure(spec: EnvironmentSpec, kind: str, first: str, log: _Log) -> DeploymentFailed:
     message = f"its environment could not be built ({kind}): {first}"
     here = _stub_python()
+    if kind == "source build failed":
+        message += (f": it has no wheel for Python {here[:4]}, so it was built from its sources, and that failed; "
+                    "pin a version that publishes wheels for it")
     if spec.python and not here.startswith(spec.python.rstrip(".*")) and kind in (
-            "no matching distribution", "resolution conflict"):
+            "no matching distribution", "resolution conflict", "source build failed"):
         message += (f" (the spec pins python={spec.python}, but environments are built for the stub's Python "
                     f"{here}: pin versions that support Python {here[:4]})")
     return DeploymentFailed(message, details={"kind": kind, "requirements": list(spec.requirements),

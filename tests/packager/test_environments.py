@@ -73,7 +73,7 @@ def test_a_conda_only_package_is_refused_by_name(tmp_path: Path, package: str) -
         EnvironmentSpec.of(folder)
 
 
-@pytest.mark.parametrize("line", ["numpy>=2", "numpy==2.1.0", "numpy~=2.0"])
+@pytest.mark.parametrize("line", ["numpy>=2", "numpy==2.1.0", "numpy~=2.0", "numpy==2.*", "numpy>2"])
 def test_numpy_2_is_refused_with_the_reason(tmp_path: Path, line: str) -> None:
     spec = EnvironmentSpec.of(env_folder(tmp_path, **{"requirements.txt": line}))
     assert spec is not None
@@ -81,7 +81,8 @@ def test_numpy_2_is_refused_with_the_reason(tmp_path: Path, line: str) -> None:
         spec.check()
 
 
-@pytest.mark.parametrize("line", ["numpy", "numpy<2", "numpy>=1.21,<2", "numpy==1.26.4"])
+@pytest.mark.parametrize("line", ["numpy", "numpy<2", "numpy>=1.21,<2", "numpy==1.26.4", "numpy==1.21.2", "numpy==1.21.*",
+                                  "numpy>1.9"])
 def test_numpy_1_is_accepted(tmp_path: Path, line: str) -> None:
     spec = EnvironmentSpec.of(env_folder(tmp_path, **{"requirements.txt": line}))
     assert spec is not None
@@ -158,6 +159,9 @@ def test_what_the_serving_environment_has_and_what_only_it_needs_is_layered() ->
      "resolution conflict", "No solution found when resolving dependencies:"),
     ("error: Failed to fetch: `https://pypi.org/simple/tabulate/`\n  Caused by: dns error: failed to lookup",
      "network", "Failed to fetch: `https://pypi.org/simple/tabulate/`"),
+    ("error: Failed to build `scikit-learn==0.24.2`\n  cause: The build backend returned an error\n  Traceback (most "
+     "recent call last):\n  ModuleNotFoundError: No module named 'pkg_resources'", "source build failed",
+     "Failed to build `scikit-learn==0.24.2`"),
     ("Traceback (most recent call last):\nModuleNotFoundError: No module named 'orjson'", "import error",
      "ModuleNotFoundError: No module named 'orjson'"),
 ])
