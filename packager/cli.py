@@ -83,7 +83,7 @@ def validate(source: SourceArgument, registry: RegistryOption = None, set_: SetO
     declares one) and report its mode."""
     with _stage(source, registry, set_) as package:
         built = pipeline.prepare_environment(package, _environment(environments))
-        result = inspect_package(package, python=built.path / "bin" / "python" if built else None)
+        result = inspect_package(package, python=built.python if built else None)
     if result.log.strip():
         typer.echo(result.log.rstrip(), err=True)
     if not result.ok:

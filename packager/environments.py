@@ -290,6 +290,10 @@ class Built:
     def lock(self) -> Path:
         return self.path / LOCK_FILE
 
+    @property
+    def python(self) -> Path:
+        return self.path / "bin" / "python"
+
 
 _KINDS = (
     ("no matching distribution", ("was not found in the package registry", "no matching distribution",
@@ -307,18 +311,18 @@ _KINDS = (
 
 def classify(output: str) -> tuple[str, str]:
     """The kind of a failed build, and its first telling statement (what the message leads with). uv wraps
-    long lines, so statements are read with their whitespace collapsed."""
-    text = " ".join(output.split())
-    statements = [part.strip() for part in re.split(r"\b(?:error|cause|caused by|hint|warning):\s*", text,
-                                                     flags=re.IGNORECASE) if part.strip()]
-    lines = [re.sub(r"^(?:error|cause|caused by|hint):\s*", "", line.strip(), flags=re.IGNORECASE)
-             for line in output.splitlines() if line.strip()]
+    long lines, so statements are read with their whitespace collapsed; a traceback gives its one line."""
+    prefix = r"(?:error|cause|caused by|hint|warning):\s*"
+    statements = [part.strip() for part in re.split(rf"\b{prefix}", " ".join(output.split()), flags=re.IGNORECASE)
+                  if part.strip()]
+    lines = [re.sub(rf"^{prefix}", "", line.strip(), flags=re.IGNORECASE) for line in output.splitlines() if line.strip()]
     for kind, markers in _KINDS:
-        for candidate in (*statements, *lines):
-            if any(marker in candidate.lower() for marker in markers):
-                # The whole statement when it is one, else the one line that says it.
-                line = next((ln for ln in lines if any(m in ln.lower() for m in markers)), None)
-                return kind, (line if line is not None and "traceback" in candidate.lower() else candidate)[:400]
+        statement = next((text for text in statements if any(m in text.lower() for m in markers)), None)
+        line = next((text for text in lines if any(m in text.lower() for m in markers)), None)
+        if line is not None and (statement is None or "traceback" in statement.lower()):
+            return kind, line[:400]
+        if statement is not None:
+            return kind, statement[:400]
     first = next((line for line in lines if "error" in line.lower()), statements[-1] if statements else "")
     return "build failure", first[:400]
 

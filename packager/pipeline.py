@@ -71,7 +71,7 @@ def prepare_environment(package: StagedPackage, options: EnvironmentOptions | No
 
 def inspect(package: StagedPackage, version: int = 1, environment: Built | None = None) -> Inspection:
     """Entry points (read), then the script loaded in a child; a load that fails raises with its log."""
-    result = inspect_package(package, version, environment.path / "bin" / "python" if environment else None)
+    result = inspect_package(package, version, environment.python if environment else None)
     if not result.ok:
         tail = "\n".join(result.log.splitlines()[-40:])
         raise InspectionFailed(result.message, details={"model": package.name, "log_tail": tail})
