@@ -10,6 +10,8 @@ STEPS = {
     "torch-mlp": ("train.py", "model/mlp.pt"),
     "onnx-classifier": ("build_model.py", "model/classifier.onnx"),
     "keras-regressor": ("train.py", "model/regressor.keras"),
+    "batch-tabular": ("train.py", "model/heart_classifier.pkl"),
+    "batch-images": ("train.py", "model/centroids.npy"),
 }
 
 

@@ -16,6 +16,9 @@ from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
 from gateway.auth import Credentials
+from gateway.batch_control import BatchControl
+from gateway.batch_runner import BatchRunner
+from gateway.batch_state import BatchStore
 from gateway.controlplane import ControlPlane
 from gateway.dataplane import DataPlane
 from gateway.deployments import Deployments
@@ -24,7 +27,7 @@ from gateway.entries import Entries
 from gateway.fleet import Fleet, NodeProvider, provider_for
 from gateway.metrics import Metrics
 from gateway.models import RepositoryModels
-from gateway.rest import admin, documented, errors, fastpath, scoring, system, v2
+from gateway.rest import admin, batch, documented, errors, fastpath, scoring, system, v2
 from gateway.rest.middleware import RequestIdMiddleware
 from gateway.routing import RouteTable
 from gateway.services import Services
@@ -62,14 +65,19 @@ def build_services(settings: GatewaySettings, provider: NodeProvider | None = No
     models = RepositoryModels(entries, fleet, settings)
     deployments = Deployments(entries, fleet, state, settings)
     routes = RouteTable(models, deployments, state)
+    # Deployments register in a registry of their own: no dropped package's name can meet theirs.
+    deployment_registry = Registry(settings.state_dir / "deployment-registry")
+    controlplane = ControlPlane(state, credentials, deployment_registry, deployments, fleet, settings,
+                                base_url=f"http://{settings.host}:{settings.port}")
+    batch_store = BatchStore(state)
     return Services(
         settings=settings, metrics=metrics, state=state, credentials=credentials, registry=registry,
         fleet=fleet, entries=entries, models=models, deployments=deployments, routes=routes,
         dataplane=DataPlane(routes, entries, credentials, settings, metrics),
-        # Deployments register in a registry of their own: no dropped package's name can meet theirs.
-        controlplane=ControlPlane(state, credentials, Registry(settings.state_dir / "deployment-registry"),
-                                  deployments, fleet, settings, base_url=f"http://{settings.host}:{settings.port}"),
+        controlplane=controlplane,
         dropzone=DropZone(models, registry, settings),
+        batch=BatchControl(batch_store, BatchRunner(batch_store, deployments, entries, metrics), credentials,
+                           deployment_registry, deployments, controlplane, settings),
     )
 
 
@@ -87,7 +95,8 @@ def expected_entries(services: Services) -> set[str]:
 async def initial_load(services: Services) -> None:
     try:
         await services.dropzone.initial_scan()
-        await services.deployments.restore()
+        await services.deployments.restore(keep=services.batch.live_entries())
+        await services.batch.restore()
         await services.fleet.unload_orphans(expected_entries(services))
     except Exception:
         log.exception("initial load failed")
@@ -132,6 +141,7 @@ async def running(services: Services) -> AsyncIterator[None]:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await services.dropzone.stop()
+        await services.batch.runner.stop()
         await services.entries.stop()
         await services.dataplane.close()
         # Our keep-alive connections must close before Triton stops, or they hold up its exit.
@@ -166,8 +176,8 @@ def create_app(settings: GatewaySettings, provider: NodeProvider | None = None) 
     )
     app.state.services = services
     errors.install(app)
-    for module in (scoring, v2, admin, system):
-        app.include_router(module.router)
+    for router in (scoring.router, v2.router, admin.router, batch.admin, batch.public, system.router):
+        app.include_router(router)
     app.add_middleware(RequestIdMiddleware)
     documented.install(app)
     return app

@@ -4,25 +4,25 @@ and ``az ml online-deployment`` (same YAML files, same flags where they exist)."
 from __future__ import annotations
 
 import inspect
-import io
 import json
 import logging
 import sys
-import tarfile
 import threading
 import time
 from pathlib import Path
 from types import UnionType
-from typing import Annotated, Any, NoReturn, Optional, Union, get_args, get_origin
+from typing import Annotated, Any, Optional, Union, get_args, get_origin
 
 import typer
 from pydantic import ValidationError
 
+from gateway import cli_batch
+from gateway.cli_common import DEFAULT_STATE, DEFAULT_URL, AdminKey, GatewayUrl, Output, StateDir, package_archive
+from gateway.cli_common import admin_client as _client
+from gateway.cli_common import fail as _fail
+from gateway.cli_common import show as _print
 from gateway.client import AdminClient
-from gateway.schemas import AZURE_ENDPOINT_IGNORED, DeploymentSpec, EndpointSpec, PackageHeader, RequestSettings
-from packager.package import PACKAGE_FILE
-from packager.registry import Registry, default_registry_root
-from packager.sources import resolve_source
+from gateway.schemas import AZURE_ENDPOINT_IGNORED, DeploymentSpec, EndpointSpec, RequestSettings
 from packager.spec import apply_overrides, format_validation, load_azure_deployment, read_yaml
 from turnout.errors import BadInput, TurnoutError
 
@@ -34,63 +34,13 @@ model_app = typer.Typer(help="Models in the gateway's repository.", no_args_is_h
 app.add_typer(endpoint_app, name="endpoint")
 app.add_typer(deployment_app, name="deployment")
 app.add_typer(model_app, name="model")
+app.add_typer(cli_batch.endpoint_app, name="batch-endpoint")
+app.add_typer(cli_batch.deployment_app, name="batch-deployment")
+app.add_typer(cli_batch.job_app, name="job")
 
-DEFAULT_STATE = Path(".turnout/gateway")
-GatewayUrl = Annotated[str, typer.Option("--gateway-url", envvar="TURNOUT_GATEWAY_URL", help="Gateway to talk to.")]
-AdminKey = Annotated[str | None, typer.Option("--admin-key", envvar="TURNOUT_ADMIN_KEY",
-                                              help="Admin credential (default: read from the state folder).")]
-StateDir = Annotated[Path, typer.Option("--state", envvar="TURNOUT_STATE_DIR", help="Gateway state folder.")]
 Name = Annotated[str, typer.Option("--name", "-n", help="Endpoint name.")]
 EndpointName = Annotated[str, typer.Option("--endpoint-name", "-e", help="Endpoint name.")]
 DeploymentName = Annotated[str, typer.Option("--name", "-n", help="Deployment name.")]
-DEFAULT_URL = "http://127.0.0.1:8080"
-
-
-Output = Annotated[str, typer.Option("--output", "-o", help="json or table, as az ml's -o.")]
-
-
-# Long or rarely scanned fields stay in -o json.
-_NOT_TABULATED = frozenset({"content_hash", "created", "updated", "description", "scoring_uri", "openapi_uri",
-                            "log_tail", "last_crash"})
-
-
-def _table(rows: list[dict[str, Any]]) -> str:
-    """The short scalar columns of the first row (nested and long values are shown by -o json)."""
-    if not rows:
-        return "(none)"
-    columns = [k for k, v in rows[0].items()
-               if (v is None or isinstance(v, (str, int, float, bool))) and k not in _NOT_TABULATED]
-    cells = [[("" if row.get(c) is None else str(row.get(c))) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
-    return "\n".join(line.rstrip() for line in lines)
-
-
-def _print(value: Any, output: str = "json") -> None:
-    if isinstance(value, str):
-        typer.echo(value)
-    elif output == "table":
-        typer.echo(_table(value if isinstance(value, list) else [value]))
-    elif output == "json":
-        typer.echo(json.dumps(value, indent=2))
-    else:
-        _fail(f"-o {output!r}: use json or table", 2)
-
-
-def _fail(message: str, code: int = 1) -> NoReturn:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code)
-
-
-def _client(url: str, admin_key: str | None, state: Path) -> AdminClient:
-    if admin_key is None:
-        key_file = state / "admin.key"
-        if not key_file.exists():
-            _fail(f"no admin key: pass --admin-key, set TURNOUT_ADMIN_KEY, or point --state at the gateway's "
-                  f"state folder (looked for {key_file})", 2)
-        admin_key = key_file.read_text().strip()
-    return AdminClient(url, admin_key)
 
 
 def _pairs(text: str, option: str) -> dict[str, int]:
@@ -306,20 +256,8 @@ def _deployment_archive(file: Path, name: str | None, endpoint_name: str | None,
         instance_count=azure.instance_count, description=azure.description or "", tags=azure.tags,
         request_settings=settings, ignored_keys=ignored,
     )
-    with resolve_source(str(file), Registry(default_registry_root()), overrides) as package:
-        for warning in (w for w in package.warnings if not w.startswith("ignored Azure keys")):  # said above
-            typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
-        header = PackageHeader(name=package.name, spec=package.spec.model_dump(mode="json"),
-                               model_name=package.model_name, source=package.source)
-        buffer = io.BytesIO()
-        with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-            tar.add(package.root, arcname=".", filter=lambda t: None if t.name == f"./{PACKAGE_FILE}" else t)
-            for member, content in ((PACKAGE_FILE, header.model_dump_json()), ("deployment.json",
-                                                                                spec.model_dump_json())):
-                info = tarfile.TarInfo(member)
-                info.size = len(content.encode())
-                tar.addfile(info, io.BytesIO(content.encode()))
-    return spec, buffer.getvalue()
+    archive = package_archive(file, overrides, spec.model_dump_json())
+    return spec, archive
 
 
 def _put_deployment(file: Path, name: str | None, endpoint_name: str | None, all_traffic: bool,

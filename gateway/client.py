@@ -39,6 +39,9 @@ class AdminClient:
     def get(self, path: str) -> Any:
         return self._send("GET", path).json()
 
+    def raw(self, path: str) -> bytes:
+        return self._send("GET", path).content
+
     def text(self, path: str, params: dict[str, str] | None = None) -> str:
         return self._send("GET", path, params=params).text
 

@@ -14,7 +14,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
 
 from gateway.auth import AUTH_MODES, Credentials, hash_key, new_key
 from gateway.deployments import Deployments
@@ -41,6 +43,26 @@ CHANGE_WAIT_SECONDS = 2.0
 # Azure's provisioning states for a deployment, from its entry's state.
 _PROVISIONING = {EntryState.ready.value: "Succeeded", EntryState.failed.value: "Failed"}
 CREATING = "creating"  # a first deployment's record while it is being made
+SpecT = TypeVar("SpecT", bound=BaseModel)
+
+
+def unpack_deployment_archive(archive: bytes, root: Path, spec_type: type[SpecT], endpoint: str,
+                              deployment: str) -> tuple[SpecT, StagedPackage]:
+    """An uploaded deployment archive (the CLI makes it): its ``deployment.json`` and the staged package."""
+    (root / "upload.tar.gz").write_bytes(archive)
+    safe_extract(root / "upload.tar.gz", root / "package")
+    package_root = root / "package"
+    try:
+        spec = spec_type.model_validate_json((package_root / "deployment.json").read_text(encoding="utf-8"))
+        header = PackageHeader.model_validate_json((package_root / "package.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise BadInput(f"the upload is not a deployment archive: {exc}") from None
+    named = (getattr(spec, "endpoint_name", None), getattr(spec, "name", None))
+    if named != (endpoint, deployment):
+        raise BadInput(f"the archive is for {named[0]}/{named[1]}, not {endpoint}/{deployment}")
+    (package_root / "deployment.json").unlink()
+    return spec, StagedPackage(package_root, header.name, PackageSpec.model_validate(header.spec),
+                               header.model_name, header.source, owned=True)
 
 
 class ControlPlane:
@@ -279,20 +301,7 @@ class ControlPlane:
         self, endpoint: str, deployment: str, archive: bytes, all_traffic: bool
     ) -> dict[str, Any]:
         with scratch.temporary("upload") as tmp:
-            root = Path(tmp)
-            (root / "upload.tar.gz").write_bytes(archive)
-            safe_extract(root / "upload.tar.gz", root / "package")
-            package_root = root / "package"
-            try:
-                spec = DeploymentSpec.model_validate_json((package_root / "deployment.json").read_text(encoding="utf-8"))
-                header = PackageHeader.model_validate_json((package_root / "package.json").read_text(encoding="utf-8"))
-            except (OSError, ValueError) as exc:
-                raise BadInput(f"the upload is not a deployment archive: {exc}") from None
-            if (spec.endpoint_name, spec.name) != (endpoint, deployment):
-                raise BadInput(f"the archive is for {spec.endpoint_name}/{spec.name}, not {endpoint}/{deployment}")
-            (package_root / "deployment.json").unlink()
-            package = StagedPackage(package_root, header.name, PackageSpec.model_validate(header.spec),
-                                    header.model_name, header.source, owned=True)
+            spec, package = unpack_deployment_archive(archive, Path(tmp), DeploymentSpec, endpoint, deployment)
             doing = "updated" if self.state.deployment(endpoint, deployment) else "created"
             async with self._change(f"deployment {spec.name!r} of endpoint {spec.endpoint_name!r} is being {doing}"):
                 return await self._deploy(spec, package, all_traffic)

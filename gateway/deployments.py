@@ -7,6 +7,7 @@ import asyncio
 import logging
 import shutil
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from gateway.entries import Entries, Entry, EntryState
@@ -51,7 +52,7 @@ class Deployments:
                                  self.fleet.pools(), record.instance_type)
             manifest = await asyncio.to_thread(Manifest.read, self.settings.deployments_repository / record.entry
                                                / TRITON_VERSION)
-            layout = plan(manifest, record.entry, nodes, record.instance_count)
+            layout = plan(manifest, record.entry, nodes, record.instance_count * record.concurrency)
         except TurnoutError as exc:
             self.entries.set_state(entry, EntryState.failed, exc.message)
         else:
@@ -69,8 +70,9 @@ class Deployments:
         self.entries.put(entry)
         return entry
 
-    async def restore(self) -> None:
-        """Place every deployment the state holds (a restart), and remove generations nothing refers to."""
+    async def restore(self, keep: Collection[str] = ()) -> None:
+        """Place every deployment the state holds (a restart), and remove generations nothing refers to
+        (``keep``: entries of this repository that others own, batch deployments')."""
         records = self.state.deployments()
         for record in records:
             if record.state in (EntryState.failed, "creating") and not (
@@ -87,7 +89,7 @@ class Deployments:
             record.state, record.reason = entry.state.value, entry.reason
             with self.state.transaction() as db:
                 self.state.put_deployment(db, record)
-        live = {r.entry for r in records}
+        live = {r.entry for r in records} | set(keep)
         # Generations a killed gateway left half-made or half-retired.
         for orphan in self.settings.deployments_repository.iterdir():
             if orphan.is_dir() and orphan.name not in live:

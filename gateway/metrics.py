@@ -38,6 +38,16 @@ class Metrics:
         self.restarts = Counter("turnout_entry_restarts", "Entries restarted after their process crashed.",
                                 ["entry"], registry=self.registry)
 
+        self.batch_jobs = Gauge("turnout_batch_jobs", "Batch jobs by state.", ["state"], registry=self.registry)
+        self.batch_files = Counter("turnout_batch_files", "Files of batch jobs processed, by outcome.",
+                                   ["endpoint", "deployment", "outcome"], registry=self.registry)
+        self.batch_mini_batches = Counter(
+            "turnout_batch_mini_batches", "Mini-batches of batch jobs, by outcome (succeeded, failed, retried).",
+            ["endpoint", "deployment", "outcome"], registry=self.registry)
+        self.batch_latency = Histogram(
+            "turnout_batch_mini_batch_duration_seconds", "Time of one call of run(mini_batch), as the gateway sees it.",
+            ["endpoint", "deployment"], buckets=_LATENCY_BUCKETS, registry=self.registry)
+
         # Labelled children, looked up once: labels() takes a lock and builds keys on every call, and
         # observe() runs on every request.
         self._counted: dict[tuple[str, str, str, int], Any] = {}
@@ -60,6 +70,10 @@ class Metrics:
         if child is None:
             child = self._batches[(node, entry)] = self.coalesced.labels(node, entry)
         child.observe(size)
+
+    def set_job_states(self, counts: dict[str, int]) -> None:
+        for state, count in counts.items():
+            self.batch_jobs.labels(state).set(count)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

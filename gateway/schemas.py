@@ -3,6 +3,7 @@ deployment YAML is resolved by the CLI into a package archive plus :class:`Deplo
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -99,3 +100,98 @@ class PackageHeader(BaseModel):
 class RegenerateKeys(BaseModel):
     model_config = ConfigDict(extra="forbid")
     key_type: str = Field(default="primary", pattern="^(primary|secondary)$")
+
+
+# --- batch endpoints -----------------------------------------------------------------------------------
+
+# Keys of Azure's batch endpoint YAML that Turnout accepts but does not act on.
+AZURE_BATCH_ENDPOINT_IGNORED = frozenset({"$schema", "properties", "location", "id", "provisioning_state",
+                                          "scoring_uri", "swagger_uri", "identity"})
+
+
+class BatchDefaults(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    deployment_name: str | None = None
+
+
+class BatchEndpointSpec(BaseModel):
+    """Azure's batch endpoint YAML. Azure's only ``auth_mode`` there is ``aad_token``: Turnout reads it as
+    its own token (``aml_token``), since no Entra ID stands behind a self-hosted gateway."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    description: str = ""
+    tags: dict[str, str] = Field(default_factory=dict)
+    auth_mode: str = "aad_token"
+    defaults: BatchDefaults = Field(default_factory=BatchDefaults)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return check_azure_name(value, "batch endpoint name")
+
+    @field_validator("auth_mode")
+    @classmethod
+    def _auth_mode(cls, value: str) -> str:
+        folded = value.replace("_", "").replace("-", "").lower()
+        modes = {"key": "key", "amltoken": "aml_token", "aadtoken": "aml_token", "none": "none"}
+        if folded not in modes:
+            raise ValueError(f"auth_mode {value!r} is not offered: use aad_token (read as Turnout's token), "
+                             "aml_token, key, or none (gateways in dev mode)")
+        return modes[folded]
+
+
+class BatchEndpointUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    defaults: BatchDefaults | None = None
+    description: str | None = None
+    tags: dict[str, str] | None = None
+
+
+class BatchDeploymentSpec(BaseModel):
+    """``deployment.json`` inside an uploaded batch deployment archive."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    endpoint_name: str
+    instance_type: str | None = None
+    instance_count: int = Field(default=1, ge=1)
+    description: str = ""
+    tags: dict[str, str] = Field(default_factory=dict)
+    compute: str | None = None
+    ignored_keys: list[str] = Field(default_factory=list)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return check_azure_name(value, "deployment name")
+
+    @field_validator("endpoint_name")
+    @classmethod
+    def _endpoint_name(cls, value: str) -> str:
+        return check_azure_name(value, "batch endpoint name")
+
+
+class JobSpec(BaseModel):
+    """``POST /batch-endpoints/{e}/jobs``: what ``az ml batch-endpoint invoke`` takes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: str = Field(description="A folder (read recursively), a file, or a glob, on the gateway's machine.")
+    input_type: str | None = Field(default=None, description="uri_folder or uri_file (default: what the path is).")
+    deployment_name: str | None = None
+    job_name: str | None = Field(default=None, description="Makes the submit idempotent.")
+    output_path: str | None = Field(default=None, description="Folder for the output file (default: the job's).")
+    mini_batch_size: int | None = Field(default=None, ge=1)
+    instance_count: int | None = Field(default=None, ge=1)
+    set: dict[str, Any] = Field(default_factory=dict, description="settings.KEY (or KEY) -> value; overwrite=true.")
+
+    @field_validator("job_name")
+    @classmethod
+    def _job_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,254}", value):
+            raise ValueError(f"invalid job name {value!r}: letters, digits, '-' and '_', starting with a letter or "
+                             "digit, at most 255 characters")
+        return value

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.auth import Credentials
+from gateway.batch_control import BatchControl
 from gateway.controlplane import ControlPlane
 from gateway.dataplane import DataPlane
 from gateway.deployments import Deployments
@@ -37,6 +38,7 @@ class Services:
     dataplane: DataPlane
     controlplane: ControlPlane
     dropzone: DropZone
+    batch: BatchControl
     loaded: bool = False  # the initial load (drops, deployments) is done
 
     @property

@@ -58,6 +58,9 @@ class GatewaySettings(BaseSettings):
         default=None, description="Cache of per-deployment Python environments (none: <state_dir>/environments).")
     environment_build_timeout_seconds: float = Field(
         default=600.0, gt=0, description="Longest time one environment may take to build (then 424).")
+    batch_input_roots: list[Path] = Field(
+        default_factory=list, description="Folders a batch job submitted with an endpoint credential may read and "
+        "write (the admin key may use any path outside the state folder).")
     log_level: str = Field(default="info", pattern="^(debug|info|warning|error)$",
                            description="debug, info, warning or error.")
 
@@ -81,6 +84,11 @@ class GatewaySettings(BaseSettings):
     def environments_root(self) -> Path:
         """Per-deployment environments, beside the repositories on the volume every node reads."""
         return self.environments_dir or self.state_dir / "environments"
+
+    @property
+    def jobs_dir(self) -> Path:
+        """Batch jobs' parts, logs and (unless an output path is given) outputs."""
+        return self.state_dir / "jobs"
 
     @property
     def database(self) -> Path:

@@ -72,6 +72,7 @@ class DeploymentRecord(BaseModel):
     generation: int = 1
     instance_type: str | None = None
     instance_count: int = 1
+    concurrency: int = Field(default=1, description="model instances per instance_count (batch: max_concurrency)")
     pool: str = "cpu"
     nodes: list[str] = Field(default_factory=list, description="nodes the entry is loaded on")
     state: str = Field(default="creating", description="creating, updating, ready or failed")
@@ -100,8 +101,16 @@ class StateStore:
         self._listeners: list[Callable[[], None]] = []
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
+            # WAL + NORMAL: a commit survives the process being killed (what the tests and the batch runner's
+            # resume rely on); only a power loss may lose the last commits. FULL costs an fsync per commit.
+            self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.executescript(_SCHEMA)
+
+    def add_schema(self, schema: str) -> None:
+        """Tables another part owns (gateway/batch_state.py), created if missing, on this database."""
+        with self._lock:
+            self._db.executescript(schema)
 
     def close(self) -> None:
         self._db.close()
@@ -122,6 +131,9 @@ class StateStore:
             self._db.execute("COMMIT")
         for listener in self._listeners:
             listener()
+
+    def rows(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        return self._rows(sql, *args)
 
     def _rows(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         with self._lock:

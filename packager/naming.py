@@ -22,6 +22,15 @@ def deployment_entry(endpoint: str, deployment: str, generation: int) -> str:
     return f"{endpoint}.{deployment}.g{generation}"
 
 
+def batch_deployment_entry(endpoint: str, deployment: str, generation: int) -> str:
+    """A batch deployment's entry: four parts, so it never meets an online deployment's three."""
+    return f"batch.{endpoint}.{deployment}.g{generation}"
+
+
+def batch_deployment_model(endpoint: str, deployment: str) -> str:
+    return f"batch.{endpoint}.{deployment}"
+
+
 def deployment_model(endpoint: str, deployment: str) -> str:
     """The name a deployment's packages are registered under, in the gateway's deployment registry (its
     own, so no dropped package's name can meet it). Endpoint and deployment names never hold a dot."""

@@ -404,6 +404,8 @@ def _spec_from_azure(deployment: AzureDeployment, scoring_script: str) -> Packag
     settings = deployment.request_settings
     if settings and settings.request_timeout_ms:
         spec.timeout_seconds = settings.request_timeout_ms / 1000
+    if deployment.settings is not None:  # a batch deployment: each run(mini_batch) is bounded by its timeout
+        spec.timeout_seconds = deployment.settings.retry_settings.timeout
     return spec
 
 

@@ -8,6 +8,7 @@ import orjson
 from fastapi import Depends, Request, Response
 
 from gateway.auth import bearer
+from gateway.batch_control import BatchControl
 from gateway.controlplane import ControlPlane
 from gateway.dataplane import DataPlane
 from gateway.services import Services
@@ -70,3 +71,10 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise PayloadTooLarge(f"the request body exceeds the limit of {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def get_batch(request: Request) -> BatchControl:
+    return request.app.state.services.batch  # type: ignore[no-any-return]
+
+
+Batch = Annotated[BatchControl, Depends(get_batch)]
