@@ -53,6 +53,8 @@ BY_TAG: dict[str, tuple[int, ...]] = {
     "open inference protocol": _SCORING,
     "control plane": (400, 401, 403, 404, 409, 415, 424, 500, 502, 503, 504),
     "system": (500, 503),
+    "batch endpoints": (400, 401, 403, 404, 409, 415, 424, 500, 502, 503, 504),
+    "batch jobs": (400, 401, 403, 404, 409, 500, 503),
 }
 
 
