@@ -10,6 +10,7 @@ gateway/batch_runner.py.
 from __future__ import annotations
 
 import asyncio
+import copy
 import io
 import logging
 import secrets
@@ -68,7 +69,7 @@ class BatchControl:
             entry = await self.deployments.place(record)
             record.nodes = [n.name for n in entry.nodes]
             record.state, record.reason = entry.state.value, entry.reason
-            with self.store.state.transaction() as db:
+            with self.store.transaction() as db:
                 self.store.put_deployment(db, record)
         self.runner.resume()
 
@@ -180,7 +181,7 @@ class BatchControl:
                 name=spec.name, auth_mode=spec.auth_mode, description=spec.description, tags=spec.tags,
                 key_hashes=[hash_key(k) for k in keys], sealed_keys=[self.credentials.seal(k) for k in keys],
                 uid=secrets.token_hex(8))
-            with self.store.state.transaction() as db:
+            with self.store.transaction() as db:
                 self.store.put_endpoint(db, record)
         return self.endpoint_view(record)
 
@@ -194,7 +195,7 @@ class BatchControl:
                 record.description = update.description
             if update.tags is not None:
                 record.tags = update.tags
-            with self.store.state.transaction() as db:
+            with self.store.transaction() as db:
                 self.store.put_endpoint(db, record)
         return self.endpoint_view(record)
 
@@ -210,7 +211,7 @@ class BatchControl:
             self._endpoint(name)
             self._refuse_if_busy(name)
             deployments = self.store.deployments(name)
-            with self.store.state.transaction() as db:
+            with self.store.transaction() as db:
                 self.store.delete_endpoint(db, name)
             for record in deployments:
                 await self.deployments.retire(self.deployments.entry_of(record))
@@ -288,7 +289,7 @@ class BatchControl:
         record.nodes = [n.name for n in placement.nodes]
         record.state, record.reason = placement.state.value, placement.reason
         old = self.deployments.entry_of(previous) if previous is not None else None
-        with self.store.state.transaction() as db:
+        with self.store.transaction() as db:
             self.store.put_deployment(db, record)
             if set_default:
                 endpoint.default_deployment = record.name
@@ -306,7 +307,7 @@ class BatchControl:
             record = self._deployment(endpoint, name)
             self._refuse_if_busy(endpoint, name)
             endpoint_record = self._endpoint(endpoint)
-            with self.store.state.transaction() as db:
+            with self.store.transaction() as db:
                 self.store.delete_deployment(db, endpoint, name)
                 if endpoint_record.default_deployment == name:
                     endpoint_record.default_deployment = None
@@ -323,7 +324,7 @@ class BatchControl:
 
     # --- jobs ---
     def _job_settings(self, deployment: BatchDeploymentRecord, spec: JobSpec) -> tuple[BatchSettings, bool]:
-        merged: dict[str, Any] = dict(deployment.settings)
+        merged: dict[str, Any] = copy.deepcopy(deployment.settings)
         overwrite = False
         for key, value in spec.set.items():
             key = key.removeprefix("settings.")
@@ -340,9 +341,18 @@ class BatchControl:
         if spec.mini_batch_size is not None:
             merged["mini_batch_size"] = spec.mini_batch_size
         try:
-            return BatchSettings.model_validate(merged), overwrite
+            settings = BatchSettings.model_validate(merged)
         except ValidationError as exc:
             raise BadInput(format_validation(exc, Path("--set"))) from None
+        deployed = BatchSettings.model_validate(deployment.settings)
+        if settings.environment_variables != deployed.environment_variables:
+            raise BadInput("environment_variables belong to the deployment (its processes are running): change "
+                           "them with 'gateway batch-deployment update', not per job")
+        if settings.max_concurrency_per_instance > deployed.max_concurrency_per_instance:
+            raise BadInput(f"max_concurrency_per_instance {settings.max_concurrency_per_instance} is more than the "
+                           f"deployment's {deployed.max_concurrency_per_instance} model instances per instance: a job "
+                           "may ask for fewer, more needs 'gateway batch-deployment update'")
+        return settings, overwrite
 
     def _check_path(self, path: Path, what: str, admin: bool) -> None:
         state = self.settings.state_dir.resolve()
@@ -396,7 +406,7 @@ class BatchControl:
                             output_dir=str(output_dir), job_dir=str(job_dir), fingerprint=marker)
             batches = cut(files, settings.mini_batch_size)
             job.mini_batches = len(batches)
-            with self.store.state.transaction() as db:
+            with self.store.transaction() as db:
                 self.store.put_job(db, job)
                 self.store.add_mini_batches(db, job_name, batches)
         job_files(job).create()
@@ -408,7 +418,7 @@ class BatchControl:
         if record.status in FINISHED:
             return self.job_view(record)
         record.cancel_requested = True
-        with self.store.state.transaction() as db:
+        with self.store.transaction() as db:
             self.store.put_job(db, record)
         self.runner.cancel(name)
         return self.job_view(record)

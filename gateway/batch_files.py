@@ -1,9 +1,10 @@
 """A batch job's files, free of any server: the input listed and cut into mini-batches, each finished
 mini-batch's rows kept in a part file, and the output file assembled from the parts in input order.
 
-A part file is written whole (a temporary file renamed over it) before its mini-batch is marked done, and the
-output is made from the parts of done mini-batches only: a crash at any point leaves no half row, and a
-mini-batch computed twice (it finished, the gateway died before marking it) is still written once.
+A part file (the rows of the mini-batches one call finished) is written whole (a temporary file renamed) before
+those mini-batches are marked done, each with the part file's name, and the output is made from the parts that
+done records name: a crash at any point leaves no half row, and a mini-batch computed twice (it finished, the
+gateway died before marking it) is still written once.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -81,11 +83,13 @@ class JobFiles:
         for folder in (self.parts, self.logs / "user", self.output_dir):
             folder.mkdir(parents=True, exist_ok=True)
 
-    def part(self, key: str) -> Path:
-        return self.parts / f"{key}.txt"
-
-    def write_part(self, key: str, rows: str) -> None:
-        _replace(self.part(key), rows)
+    def write_part(self, rows: dict[str, str]) -> str:
+        """The rows of the mini-batches one call finished (key -> rows), in a new part file of its own, written
+        whole; returns its name. A part file is never rewritten: a mini-batch run again lands in another one,
+        and only the file its done record names is read."""
+        name = f"{min(rows)}-{uuid.uuid4().hex[:12]}.json"
+        _replace(self.parts / name, orjson.dumps(rows).decode())
+        return name
 
     def write_user_log(self, key: str, text: str, attempt: int) -> None:
         if text:
@@ -96,13 +100,17 @@ class JobFiles:
         with (self.logs / "job.log").open("a", encoding="utf-8") as out:
             out.write(line + "\n")
 
-    def assemble(self, done_keys: Iterable[str]) -> int:
-        """The output file from the parts of the done mini-batches, in input order; returns its rows."""
+    def assemble(self, done: Iterable[tuple[str, str]]) -> int:
+        """The output file from the done mini-batches, (key, part file) in input order; returns its rows."""
         rows = 0
+        cache: dict[str, dict[str, str]] = {}
         temporary = self.output_file.with_name(f".{self.output_file.name}.assembling")
         with temporary.open("w", encoding="utf-8") as out:
-            for key in done_keys:
-                text = self.part(key).read_text(encoding="utf-8")
+            for key, part_file in done:
+                if part_file not in cache:
+                    cache.clear()  # parts are written in about input order: keep one at a time
+                    cache[part_file] = orjson.loads((self.parts / part_file).read_bytes())
+                text = cache[part_file][key]
                 rows += text.count("\n")
                 out.write(text)
             out.flush()

@@ -47,6 +47,9 @@ log = logging.getLogger("turnout.gateway.batch")
 # The gateway's own bound on a call, past the script's (the stub enforces that one): a hung node.
 CALL_GRACE_SECONDS = 10.0
 NOT_READY_WAIT_SECONDS = 1.0
+# A call carries mini-batches worth about this long (gateway/batch_runner.py _Pace), at most MAX_CHUNK.
+CHUNK_SECONDS = 0.05
+MAX_CHUNK = 32
 _META = encode_request_meta("POST", "", {}, inline_errors=True, path="/jobs")
 
 
@@ -137,25 +140,28 @@ class BatchRunner:
         files.log(f"{_stamp()} running: {record.files} files in {record.mini_batches} mini-batches")
         queue = deque(self.store.mini_batches(record.name, (PENDING,)))
         width = max(1, record.instance_count * settings.max_concurrency_per_instance)
-        in_flight: dict[asyncio.Task[Outcome], tuple[MiniBatch, int]] = {}
+        in_flight: dict[asyncio.Task[list[Outcome]], list[tuple[MiniBatch, int]]] = {}
         attempts: dict[tuple[int, int], int] = {}
         cancel = self._cancel[record.name]
         aborted = ""
         failed = self.store.counts(record.name).files_failed  # then counted here: no query per mini-batch
+        pace = _Pace()
         while queue or in_flight:
             while queue and len(in_flight) < width and not cancel.is_set() and not aborted:
-                batch = queue.popleft()
-                attempt = attempts.get((batch.idx, batch.part), batch.attempts) + 1
-                attempts[(batch.idx, batch.part)] = attempt
-                task = asyncio.create_task(self._call(record, batch, settings))
-                in_flight[task] = (batch, attempt)
+                chunk = []
+                for _ in range(pace.chunk(len(queue), width, self._most_per_call(record))):
+                    batch = queue.popleft()
+                    attempt = attempts.get((batch.idx, batch.part), batch.attempts) + 1
+                    attempts[(batch.idx, batch.part)] = attempt
+                    chunk.append((batch, attempt))
+                task = asyncio.create_task(self._call(record, [b for b, _ in chunk], settings, pace))
+                in_flight[task] = chunk
             if not in_flight:
                 break
             done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
-                batch, attempt = in_flight.pop(task)
-                outcome = task.result()
-                retry, lost = self._settle(record, files, settings, batch, attempt, outcome)
+                chunk = in_flight.pop(task)
+                retry, lost = self._settle(record, files, settings, chunk, task.result())
                 failed += lost
                 for again in reversed(retry):  # retried at once: output order never waits on them long
                     queue.appendleft(again)
@@ -172,73 +178,107 @@ class BatchRunner:
             status, reason = COMPLETED, ""
         self._finalise(record, files, settings, status, reason)
 
-    async def _call(self, record: JobRecord, batch: MiniBatch, settings: BatchSettings) -> Outcome:
+    async def _call(self, record: JobRecord, batches: list[MiniBatch], settings: BatchSettings,
+                    pace: _Pace) -> list[Outcome]:
+        """One Triton request carrying ``batches``: the instance calls run() once for each, one after the
+        other, each bounded by the timeout; each comes back with its own rows or error."""
         deployment = self.store.deployment(record.endpoint, record.deployment)
         entry = self.deployments.entry_of(deployment) if deployment else None
         if entry is None or not entry.ready or not entry.nodes:
             await asyncio.sleep(NOT_READY_WAIT_SECONDS)  # a restarting entry: a retry, not a spin
             state = entry.state.value if entry else "gone"
-            return Outcome(error=str(NotReady(f"deployment {record.deployment!r} is {state}").message))
+            return [Outcome(error=NotReady(f"deployment {record.deployment!r} is {state}").message)] * len(batches)
         node = self._least_busy(entry.nodes)
-        body = orjson.dumps({"mini_batch": batch.files, "job": {"output_action": settings.output_action,
-                                                                "logging_level": settings.logging_level}})
+        job = {"output_action": settings.output_action, "logging_level": settings.logging_level,
+               "timeout": settings.retry_settings.timeout}  # this job's bound, which may not be the deployment's
+        items = [(orjson.dumps({"mini_batch": b.files, "job": job}), _META) for b in batches]
         timeout = settings.retry_settings.timeout
         self.entries.acquire(entry.name)
         self._busy[node.name] = self._busy.get(node.name, 0) + 1
         started = time.perf_counter()
         try:
-            result = await asyncio.wait_for(node.score(entry.name, body, _META), timeout + CALL_GRACE_SECONDS)
+            answers = await asyncio.wait_for(node.score_many(entry.name, items),
+                                             timeout * len(batches) + CALL_GRACE_SECONDS)
         except TimeoutError:
-            return Outcome(error=ScoringTimeout(f"the mini-batch did not finish within {timeout:g} s").message)
+            error = ScoringTimeout(f"the mini-batch did not finish within {timeout:g} s").message
+            return [Outcome(error=error)] * len(batches)
         except TurnoutError as exc:
             details = exc.details or {}
-            return Outcome(log_text=str(details.get("log", "")), error=exc.message,
-                           trace=str(details.get("traceback", "")))
+            return [Outcome(log_text=str(details.get("log", "")), error=exc.message,
+                            trace=str(details.get("traceback", "")))] * len(batches)
         finally:
             self.entries.release(entry.name)
             self._busy[node.name] -= 1
-            self.metrics.batch_latency.labels(record.endpoint, record.deployment).observe(
-                time.perf_counter() - started)
-        answer: dict[str, Any] = orjson.loads(result.body)
-        return Outcome(rows=str(answer.get("rows", "")), count=int(answer.get("count", 0)),
-                       log_text=str(answer.get("log", "")))
+        seconds = time.perf_counter() - started
+        pace.observe(seconds / len(batches))
+        latency = self.metrics.batch_latency.labels(record.endpoint, record.deployment)
+        outcomes = []
+        for answer in answers:
+            latency.observe(seconds / len(batches))
+            if isinstance(answer, TurnoutError):
+                details = answer.details or {}
+                outcomes.append(Outcome(log_text=str(details.get("log", "")), error=answer.message,
+                                        trace=str(details.get("traceback", ""))))
+            else:
+                body: dict[str, Any] = orjson.loads(answer.body)
+                outcomes.append(Outcome(rows=str(body.get("rows", "")), count=int(body.get("count", 0)),
+                                        log_text=str(body.get("log", ""))))
+        return outcomes
+
+    def _most_per_call(self, record: JobRecord) -> int:
+        """What one Triton request to the entry may carry (its max_batch_size, when batching is on)."""
+        deployment = self.store.deployment(record.endpoint, record.deployment)
+        entry = self.deployments.entry_of(deployment) if deployment else None
+        return entry.coalescing.max_batch if entry is not None else 1
 
     def _least_busy(self, nodes: tuple[TritonNode, ...]) -> TritonNode:
         healthy = [n for n in nodes if n.healthy] or list(nodes)
         return min(healthy, key=lambda n: (self._busy.get(n.name, 0), n.name))
 
-    def _settle(self, record: JobRecord, files: JobFiles, settings: BatchSettings, batch: MiniBatch, attempt: int,
-                outcome: Outcome) -> tuple[list[MiniBatch], int]:
-        """Record one call's outcome; returns what to run again (the same mini-batch, or its files) and how
-        many files it lost for good."""
-        files.write_user_log(batch.key, outcome.log, attempt)
+    def _settle(self, record: JobRecord, files: JobFiles, settings: BatchSettings,
+                chunk: list[tuple[MiniBatch, int]], outcomes: list[Outcome]) -> tuple[list[MiniBatch], int]:
+        """Record one call's outcomes (one transaction for all that ended); returns what to run again (the
+        same mini-batch, or its files) and how many files were lost for good."""
         labels = (record.endpoint, record.deployment)
-        if outcome.ok:
-            files.write_part(batch.key, outcome.rows)
-            self.store.finish(batch, SUCCEEDED, attempt, 0.0)
-            self.metrics.batch_files.labels(*labels, "succeeded").inc(len(batch.files))
-            self.metrics.batch_mini_batches.labels(*labels, "succeeded").inc()
-            return [], 0
-        files.log(f"{_stamp()} mini-batch {batch.key} attempt {attempt} failed: {outcome.error}")
-        if attempt <= settings.retry_settings.max_retries:
-            self.metrics.batch_mini_batches.labels(*labels, "retried").inc()
-            return [batch], 0
-        if len(batch.files) > 1:
-            files.log(f"{_stamp()} mini-batch {batch.key} failed {attempt} times: its files are tried one by one")
-            return self.store.split(batch, attempt, outcome.error, outcome.trace), 0
-        self.store.finish(batch, MB_FAILED, attempt, 0.0, outcome.error, outcome.trace)
-        self.metrics.batch_files.labels(*labels, "failed").inc(len(batch.files))
-        self.metrics.batch_mini_batches.labels(*labels, "failed").inc()
-        record = self.store.job(record.name) or record
-        if not record.error:  # the first root error, shown by job show
-            record.error = f"{batch.files[0]}: {outcome.error}"
-            self._save(record)
-        return [], len(batch.files)
+        retry: list[MiniBatch] = []
+        ended: list[tuple[MiniBatch, str, int, str, str, str]] = []
+        lost = 0
+        first_error = ""
+        succeeded = {batch.key: outcome.rows for (batch, _), outcome in zip(chunk, outcomes, strict=True) if outcome.ok}
+        part_file = files.write_part(succeeded) if succeeded else ""  # before they are marked done
+        for (batch, attempt), outcome in zip(chunk, outcomes, strict=True):
+            files.write_user_log(batch.key, outcome.log, attempt)
+            if outcome.ok:
+                ended.append((batch, SUCCEEDED, attempt, "", "", part_file))
+                self.metrics.batch_files.labels(*labels, "succeeded").inc(len(batch.files))
+                self.metrics.batch_mini_batches.labels(*labels, "succeeded").inc()
+                continue
+            files.log(f"{_stamp()} mini-batch {batch.key} attempt {attempt} failed: {outcome.error}")
+            if attempt <= settings.retry_settings.max_retries:
+                self.metrics.batch_mini_batches.labels(*labels, "retried").inc()
+                retry.append(batch)
+            elif len(batch.files) > 1:
+                files.log(f"{_stamp()} mini-batch {batch.key} failed {attempt} times: its files are tried one by one")
+                retry += self.store.split(batch, attempt, outcome.error, outcome.trace)
+            else:
+                ended.append((batch, MB_FAILED, attempt, outcome.error, outcome.trace, ""))
+                self.metrics.batch_files.labels(*labels, "failed").inc(len(batch.files))
+                self.metrics.batch_mini_batches.labels(*labels, "failed").inc()
+                lost += len(batch.files)
+                first_error = first_error or f"{batch.files[0]}: {outcome.error}"
+        if ended:
+            self.store.finish_many(ended)
+        if first_error:
+            current = self.store.job(record.name) or record
+            if not current.error:  # the first root error, shown by job show
+                current.error = first_error
+                self._save(current)
+        return retry, lost
 
     def _finalise(self, record: JobRecord, files: JobFiles, settings: BatchSettings, status: str,
                   reason: str) -> None:
         batches = self.store.mini_batches(record.name)
-        done = [b.key for b in batches if b.state == SUCCEEDED]
+        done = [(b.key, b.part_file) for b in batches if b.state == SUCCEEDED]
         if settings.output_action == "append_row" and (done or status == COMPLETED):
             rows = files.assemble(done)
             files.log(f"{_stamp()} {files.output_file}: {rows} rows from {len(done)} mini-batches")
@@ -259,9 +299,27 @@ class BatchRunner:
         log.info("job %s %s%s", record.name, status, f": {record.error}" if record.error else "")
 
     def _save(self, record: JobRecord) -> None:
-        with self.store.state.transaction() as db:
+        with self.store.transaction() as db:
             self.store.put_job(db, record)
         self.metrics.set_job_states(self.store.status_counts())
+
+
+class _Pace:
+    """How many mini-batches one call carries: one while a mini-batch takes long enough to make the call's
+    own cost small; more (up to ``MAX_CHUNK``) when mini-batches are so quick that the call would dominate.
+    run() is still called once per mini-batch, and never more at once than the deployment has instances."""
+
+    def __init__(self) -> None:
+        self.seconds: float | None = None  # per mini-batch, smoothed
+
+    def observe(self, seconds: float) -> None:
+        self.seconds = seconds if self.seconds is None else 0.8 * self.seconds + 0.2 * seconds
+
+    def chunk(self, queued: int, width: int, most: int) -> int:
+        if self.seconds is None:
+            return 1
+        wanted = int(CHUNK_SECONDS / max(self.seconds, 1e-6))
+        return max(1, min(MAX_CHUNK, most, wanted, -(-queued // width)))
 
 
 def _stamp() -> str:

@@ -1,13 +1,15 @@
 """Batch endpoints, batch deployments, jobs and their mini-batches, durable in the gateway's state database.
 
-A job's mini-batches are rows: what files each holds, its state, its attempts, its error. The runner moves a
-row from ``pending`` to ``succeeded`` (its rows are in its part file by then) or ``failed`` in one
-transaction, so a gateway killed at any moment resumes with exactly the work that is not done.
+A job's mini-batches are rows: what files each holds, its state, its attempts, its error, the part file that
+holds its rows. The runner moves a row from ``pending`` to ``succeeded`` (its rows are in that part file by
+then) or ``failed`` in one transaction, so a gateway killed at any moment resumes with exactly the work that is not done.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -46,6 +48,7 @@ CREATE TABLE IF NOT EXISTS mini_batches (
     seconds REAL NOT NULL DEFAULT 0,
     error TEXT NOT NULL DEFAULT '',
     traceback TEXT NOT NULL DEFAULT '',
+    part_file TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (job, idx, part)
 );
 CREATE INDEX IF NOT EXISTS mini_batches_state ON mini_batches(job, state);
@@ -116,6 +119,7 @@ class MiniBatch:
     seconds: float = 0.0
     error: str = ""
     traceback: str = ""
+    part_file: str = ""  # the part file holding its rows, once it succeeded
 
     @property
     def key(self) -> str:
@@ -133,11 +137,11 @@ class Counts:
 
 
 def _mini_batch(row: tuple[Any, ...]) -> MiniBatch:
-    job, idx, part, files, state, attempts, seconds, error, trace = row
-    return MiniBatch(job, idx, part, orjson.loads(files), state, attempts, seconds, error, trace)
+    job, idx, part, files, state, attempts, seconds, error, trace, part_file = row
+    return MiniBatch(job, idx, part, orjson.loads(files), state, attempts, seconds, error, trace, part_file)
 
 
-_MB_COLUMNS = "job, idx, part, files, state, attempts, seconds, error, traceback"
+_MB_COLUMNS = "job, idx, part, files, state, attempts, seconds, error, traceback, part_file"
 _MB_INSERT = "INSERT OR IGNORE INTO mini_batches(job, idx, part, files, size, state) VALUES(?, ?, ?, ?, ?, ?)"
 
 
@@ -147,6 +151,12 @@ class BatchStore:
     def __init__(self, state: StateStore) -> None:
         self.state = state
         state.add_schema(_SCHEMA)
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """Batch state is read by no route table: its changes republish nothing."""
+        with self.state.transaction(notify=False) as db:
+            yield db
 
     # --- endpoints ---
     def endpoint(self, name: str) -> BatchEndpointRecord | None:
@@ -218,17 +228,18 @@ class BatchStore:
         rows = self.state.rows(f"SELECT {_MB_COLUMNS} FROM mini_batches WHERE job = ? ORDER BY idx, part", job)
         return [m for m in map(_mini_batch, rows) if not states or m.state in states]
 
-    def finish(self, batch: MiniBatch, state: str, attempts: int, seconds: float, error: str = "",
-               trace: str = "") -> None:
-        with self.state.transaction() as db:
-            db.execute("UPDATE mini_batches SET state = ?, attempts = ?, seconds = ?, error = ?, traceback = ? "
-                       "WHERE job = ? AND idx = ? AND part = ?",
-                       (state, attempts, seconds, error, trace, batch.job, batch.idx, batch.part))
+    def finish_many(self, ended: list[tuple[MiniBatch, str, int, str, str, str]]) -> None:
+        """(mini-batch, state, attempts, error, traceback, part file) for each, in one transaction."""
+        with self.transaction() as db:
+            db.executemany("UPDATE mini_batches SET state = ?, attempts = ?, error = ?, traceback = ?, part_file = ? "
+                           "WHERE job = ? AND idx = ? AND part = ?",
+                           [(state, attempts, error, trace, part_file, b.job, b.idx, b.part)
+                            for b, state, attempts, error, trace, part_file in ended])
 
     def split(self, batch: MiniBatch, attempts: int, error: str, trace: str) -> list[MiniBatch]:
         """A mini-batch that failed as a whole: its files, one per part, each retried alone."""
         parts = [MiniBatch(batch.job, batch.idx, i, [f], PENDING, 0) for i, f in enumerate(batch.files)]
-        with self.state.transaction() as db:
+        with self.transaction() as db:
             db.execute("UPDATE mini_batches SET state = ?, attempts = ?, error = ?, traceback = ? "
                        "WHERE job = ? AND idx = ? AND part = ?",
                        (SPLIT, attempts, error, trace, batch.job, batch.idx, batch.part))

@@ -120,7 +120,8 @@ class StateStore:
         self._listeners.append(listener)
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self, notify: bool = True) -> Iterator[sqlite3.Connection]:
+        """``notify=False``: a change no subscriber reads (batch jobs' progress), so no republishing."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -129,7 +130,7 @@ class StateStore:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
-        for listener in self._listeners:
+        for listener in self._listeners if notify else ():
             listener()
 
     def rows(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:

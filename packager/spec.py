@@ -6,10 +6,10 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from turnout.errors import PackageError
 from turnout.manifest import InstanceKind, ScoringKind, parse_bytes
@@ -38,6 +38,17 @@ def check_azure_name(name: str, what: str) -> str:
             "digits or hyphens, not ending with a hyphen (no dots or underscores)"
         )
     return name
+
+
+def _as_text(values: Any) -> Any:
+    """YAML reads ``WORKERS: 2`` as a number and ``DEBUG: true`` as a boolean; an environment variable is text."""
+    if not isinstance(values, dict):
+        return values
+    return {k: ("true" if v is True else "false" if v is False else str(v) if isinstance(v, (int, float)) else v)
+            for k, v in values.items()}
+
+
+EnvironmentVariables = Annotated[dict[str, str], BeforeValidator(_as_text)]
 
 
 class Strict(BaseModel):
@@ -74,7 +85,7 @@ class BatchSettings(Strict):
     retry_settings: RetrySettings = Field(default_factory=RetrySettings)
     error_threshold: int = Field(default=-1, ge=-1, description="Failed files before the job fails (-1: never).")
     logging_level: str = Field(default="info", description="debug, info, warning or error.")
-    environment_variables: dict[str, str] = Field(default_factory=dict)
+    environment_variables: EnvironmentVariables = Field(default_factory=dict)
 
     @field_validator("output_action")
     @classmethod
@@ -118,7 +129,7 @@ class PackageSpec(Strict):
     threads: int = Field(default=1, ge=1, description="torch/onnxruntime/TF/BLAS threads per instance.")
     environment: str | list[str] | None = Field(
         default=None, description="Its own Python environment: a requirements.txt or conda.yaml, or a list of requirements.")
-    environment_variables: dict[str, str] = Field(default_factory=dict)
+    environment_variables: EnvironmentVariables = Field(default_factory=dict)
     signature: dict[str, Any] | None = Field(default=None, description="Optional typed signature (OpenAPI).")
     batch_settings: dict[str, Any] = Field(
         default_factory=dict, description="Azure batch deployment settings, as given (BatchSettings checks them).")
@@ -298,7 +309,7 @@ class AzureDeployment(BaseModel):
     model: str | AzureModel | None = None
     code_configuration: AzureCode | None = None
     environment: str | AzureEnvironment | None = None
-    environment_variables: dict[str, str] = Field(default_factory=dict)
+    environment_variables: EnvironmentVariables = Field(default_factory=dict)
     instance_type: str | None = None
     instance_count: int = Field(default=1, ge=1)
     memory_limit: int | str | None = Field(default=None, description="Taken from resources.limits.memory.")

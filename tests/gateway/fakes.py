@@ -4,7 +4,7 @@ of gateway logic. Integration tests use the real tritonserver instead."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +20,7 @@ from gateway.nodes import NodeSpec, TritonNode
 from gateway.services import Services
 from gateway.settings import GatewaySettings
 from turnout.errors import NodeUnreachable, NotReady, ScriptLoadError, TurnoutError
-from turnout.wire import ScoringResult
+from turnout.wire import Answer, ScoringResult
 
 
 class FakeNode:
@@ -41,6 +41,9 @@ class FakeNode:
         self.refusing = False  # refuses connections (nothing was sent)
         self.memory: dict[str, list[int]] = {}  # entry -> bytes per instance, as the provider measures it
         self.probe_seconds = 0.0  # how long a probe takes
+
+    async def score_many(self, entry: str, items: Sequence[tuple[bytes, bytes]]) -> list[Answer]:
+        return [await self.score(entry, body, meta) for body, meta in items]
 
     async def score(self, entry: str, body: bytes, meta: bytes, coalescing: Coalescing = Coalescing()) -> ScoringResult:
         if self.down:

@@ -167,17 +167,21 @@ def test_bad_input_is_refused_at_submit(batch_gateway: GatewayProcess, tmp_path:
         assert result.returncode != 0, result.stdout
         return result.stderr
 
+    data = _inputs(tmp_path / "data", {"a.txt": "ok"})
     assert f"the input '{tmp_path / 'nope'}' does not exist" in refused("--input", str(tmp_path / "nope"))
     (tmp_path / "empty").mkdir()
     assert "holds no files" in refused("--input", str(tmp_path / "empty"))
     assert "matches no file" in refused("--input", str(tmp_path / "*.nothing"))
-    data = _inputs(tmp_path / "data", {"a.txt": "ok"})
     assert "is a folder, not a file: use --input-type uri_folder" in refused("--input", str(data), "--input-type",
                                                                              "uri_file")
     assert "no batch endpoint named 'ghost'" in refused("--input", str(data), endpoint="ghost")
     assert "has no deployment 'ghost'" in refused("--input", str(data), "--deployment-name", "ghost")
     assert "mini_batch_size" in refused("--input", str(data), "--set", "settings.mini_batch_size=0")
     assert "inside the gateway's state folder" in refused("--input", str(batch_gateway.state))
+    assert "environment_variables belong to the deployment" in refused(
+        "--input", str(data), "--set", "settings.environment_variables.SUFFIX=x")
+    assert "more than the deployment's 2 model instances" in refused(
+        "--input", str(data), "--set", "settings.max_concurrency_per_instance=3")
 
     out = tmp_path / "out"
     first = _wait(batch_gateway, _invoke(batch_gateway, "--input", str(data), "--output-path", str(out))["name"])

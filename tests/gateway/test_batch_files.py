@@ -64,10 +64,12 @@ def test_the_fingerprint_follows_inputs_and_settings(tmp_path: Path) -> None:
 def test_the_output_is_assembled_from_done_parts_in_input_order(tmp_path: Path) -> None:
     files = JobFiles(tmp_path / "job", tmp_path / "out", "predictions.csv")
     files.create()
-    for key, rows in (("000002", "e\n"), ("000000", "a\nb\n"), ("000001-0001", "d\n"), ("000001-0000", "c\n")):
-        files.write_part(key, rows)
-    files.write_part("000001-0000", "c\n")  # a mini-batch computed twice is still written once
-    assert files.assemble(["000000", "000001-0000", "000001-0001", "000002"]) == 5
+    late = files.write_part({"000002": "e\n", "000001-0001": "d\n"})
+    early = files.write_part({"000000": "a\nb\n", "000001-0000": "c\n"})
+    stale = files.write_part({"000000": "computed again\n"})  # finished, never marked done: not read
+    assert len({late, early, stale}) == 3  # a part file is never rewritten
+    done = [("000000", early), ("000001-0000", early), ("000001-0001", late), ("000002", late)]
+    assert files.assemble(done) == 5
     assert (tmp_path / "out" / "predictions.csv").read_text() == "a\nb\nc\nd\ne\n"
     assert not list((tmp_path / "out").glob(".*"))  # no temporary left behind
     errors = files.write_errors([("/data/x.csv", "run() raised ValueError: no", "Traceback (most recent call last):")])

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from packager.spec import kind_for_instance_type, load_azure_deployment, load_package_spec
+from packager.spec import PackageSpec, kind_for_instance_type, load_azure_deployment, load_package_spec
 from turnout.errors import PackageError
 from turnout.manifest import InstanceKind
 
@@ -177,3 +177,8 @@ def test_yaml_aliases_are_refused_in_every_file_we_read(tmp_path: Path) -> None:
     assert not looks_like_azure_deployment(tmp_path / "deployment.yml")
     (tmp_path / "anchors.yaml").write_text("name: m\ntags: &t {team: fraud}\n")  # an anchor alone is harmless
     assert read_yaml(tmp_path / "anchors.yaml")["tags"] == {"team": "fraud"}
+
+
+def test_environment_variables_given_as_yaml_numbers_or_booleans_are_text() -> None:
+    spec = PackageSpec.model_validate({"environment_variables": {"WORKERS": 2, "DEBUG": True, "RATE": 0.5}})
+    assert spec.environment_variables == {"WORKERS": "2", "DEBUG": "true", "RATE": "0.5"}

@@ -3,7 +3,7 @@
 One request carries one mini-batch: a JSON list of strings (file paths, usually), or an object
 ``{"mini_batch": [...]}``. The answer is the list, or the DataFrame as a list of records.
 
-A batch job's runner (gateway/batch_runner.py) adds ``"job": {"output_action": ..., "logging_level": ...}``
+A batch job's runner (gateway/batch_runner.py) adds ``"job": {"output_action", "logging_level", "timeout"}``
 to the object. Its answer is then what the job writes: ``{"rows": text, "count": n, "log": text}``, the rows
 already in Azure's ``append_row`` format (formatted here, where the DataFrame still is one), and what the
 script printed or logged during this call. A failure carries its traceback and that log in its details, so
@@ -17,12 +17,13 @@ import io
 import logging
 import os
 import traceback
+from collections.abc import Iterator
 from typing import Any
 
 from turnout.errors import BadInput, ScriptFailed, TurnoutError
 from turnout.scoring import codec
 from turnout.scoring.base import Scorer
-from turnout.scoring.guard import call_user
+from turnout.scoring.guard import call_user, watchdog_span
 from turnout.wire import ScoringRequest, ScoringResult
 
 # A DataFrame column that names each row's input file: with it, a file may give any number of rows.
@@ -64,27 +65,40 @@ def check_count(output: Any, files: list[str]) -> None:
             "naming each row's file when a file gives several rows")
 
 
-@contextlib.contextmanager
-def _captured(level: str) -> Any:
-    """What the script prints and logs during one call (the stub runs one call at a time)."""
-    buffer = io.StringIO()
-    handler = logging.StreamHandler(buffer)
-    handler.setLevel(_LEVELS.get(level, logging.INFO))
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    previous = root.level
-    root.addHandler(handler)
-    root.setLevel(min(previous or logging.WARNING, handler.level))
-    try:
-        with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
-            yield buffer
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(previous)
+class _Capture:
+    """What the script prints and logs during one call (the stub runs one call at a time). One handler,
+    kept: made per call it costs more than a quick run() does."""
+
+    def __init__(self) -> None:
+        self.handler = logging.StreamHandler(io.StringIO())
+        self.handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+
+    @contextlib.contextmanager
+    def __call__(self, level: str) -> Iterator[io.StringIO]:
+        buffer = io.StringIO()
+        self.handler.stream = buffer
+        self.handler.setLevel(_LEVELS.get(level, logging.INFO))
+        root = logging.getLogger()
+        previous = root.level
+        root.addHandler(self.handler)
+        root.setLevel(min(previous or logging.WARNING, self.handler.level))
+        try:
+            with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+                yield buffer
+        finally:
+            root.removeHandler(self.handler)
+            root.setLevel(previous)
 
 
 class BatchScorer(Scorer):
     mode = "azure-batch"
+    _capture: _Capture | None = None
+
+    def score(self, requests: list[ScoringRequest]) -> list[ScoringResult | TurnoutError]:
+        if len(requests) == 1:
+            return super().score(requests)
+        with watchdog_span():  # a job's quick mini-batches: one watchdog for all of them
+            return super().score(requests)
 
     def _score_one(self, request: ScoringRequest) -> ScoringResult:
         payload = codec.loads(request.body)
@@ -98,8 +112,8 @@ class BatchScorer(Scorer):
         output = self._run(payload)
         return ScoringResult(body=codec.dumps(output))
 
-    def _run(self, files: list[str]) -> Any:
-        output = call_user(self.module.run, files, timeout=self.timeout, what=f"run() in {self.script}")
+    def _run(self, files: list[str], timeout: float | None = None) -> Any:
+        output = call_user(self.module.run, files, timeout=timeout or self.timeout, what=f"run() in {self.script}")
         if not (isinstance(output, list) or _is_frame(output)):
             raise ScriptFailed(
                 f"run() in {self.script} returned {type(output).__name__}; a batch run() returns a list "
@@ -108,9 +122,12 @@ class BatchScorer(Scorer):
         return output
 
     def _job_call(self, files: list[str], job: dict[str, Any]) -> ScoringResult:
-        with _captured(str(job.get("logging_level", "info"))) as log:
+        if self._capture is None:
+            self._capture = _Capture()
+        with self._capture(str(job.get("logging_level", "info"))) as log:
             try:
-                output = self._run(files)
+                bound = job.get("timeout")
+                output = self._run(files, float(bound) if isinstance(bound, (int, float)) and bound > 0 else None)
                 if job.get("output_action") == "summary_only":
                     rows, count = "", len(output)
                 else:

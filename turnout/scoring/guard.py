@@ -29,6 +29,31 @@ HARD_DEADLINE_GRACE = 1.0
 deadline_log: Any = None
 
 
+class _Span:
+    """The hard deadline shared by the calls of one :func:`watchdog_span`: armed for twice a call's bound
+    and re-armed once a bound has passed since, so each call still gets at least its bound plus the grace
+    before the process is ended (and at most twice that), without a watchdog thread started per call."""
+
+    active = False
+    armed_at = 0.0
+    bound = 0.0
+
+
+def _arm(seconds: float) -> None:
+    faulthandler.dump_traceback_later(seconds, exit=True, file=deadline_log or sys.__stderr__ or sys.stderr)
+
+
+@contextlib.contextmanager
+def watchdog_span() -> Iterator[None]:
+    """Around many quick calls (a batch job's mini-batches in one request): one watchdog for all of them."""
+    _Span.active, _Span.armed_at, _Span.bound = True, 0.0, 0.0
+    try:
+        yield
+    finally:
+        _Span.active = False
+        faulthandler.cancel_dump_traceback_later()
+
+
 @contextlib.contextmanager
 def _alarm(seconds: float) -> Iterator[None]:
     """SIGALRM raises into the script at its bound; but Python runs a signal handler only between bytecodes,
@@ -41,12 +66,16 @@ def _alarm(seconds: float) -> Iterator[None]:
 
     previous = signal.signal(signal.SIGALRM, _expire)
     signal.setitimer(signal.ITIMER_REAL, seconds)
-    faulthandler.dump_traceback_later(seconds + HARD_DEADLINE_GRACE, exit=True,
-                                      file=deadline_log or sys.__stderr__ or sys.stderr)
+    if not _Span.active:
+        _arm(seconds + HARD_DEADLINE_GRACE)
+    elif _Span.bound < seconds or time.monotonic() - _Span.armed_at > _Span.bound:
+        _arm(2 * seconds + HARD_DEADLINE_GRACE)
+        _Span.armed_at, _Span.bound = time.monotonic(), seconds
     try:
         yield
     finally:
-        faulthandler.cancel_dump_traceback_later()
+        if not _Span.active:
+            faulthandler.cancel_dump_traceback_later()
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
 

@@ -4,7 +4,7 @@ import time
 import pytest
 
 from turnout.errors import BadInput, ScoringTimeout, ScriptFailed
-from turnout.scoring.guard import call_user
+from turnout.scoring.guard import call_user, watchdog_span
 
 
 def test_returns_the_value() -> None:
@@ -48,3 +48,13 @@ def test_failures_are_typed_and_keep_the_cause() -> None:
     assert isinstance(failure.value.__cause__, KeyError)
     with pytest.raises(BadInput):
         call_user(lambda: (_ for _ in ()).throw(BadInput("no")), timeout=1, what="run()")
+
+
+def test_calls_in_a_watchdog_span_keep_their_own_bound() -> None:
+    with watchdog_span():
+        assert [call_user(lambda i=i: i, timeout=1, what="quick") for i in range(50)] == list(range(50))
+        started = time.monotonic()
+        with pytest.raises(ScoringTimeout, match="slow did not finish within 0.2 s"):
+            call_user(time.sleep, 5, timeout=0.2, what="slow")
+        assert time.monotonic() - started < 1.0
+        assert call_user(lambda: "after", timeout=1, what="after") == "after"
