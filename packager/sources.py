@@ -139,6 +139,7 @@ def _environment_of_folder(folder: Path, spec: PackageSpec, stage: Path) -> None
 
 MLMODEL = "MLmodel"
 _MLFLOW_SCRIPT = Path(__file__).resolve().parent / "builtin" / "mlflow_score.py"
+_MLFLOW_BATCH_SCRIPT = Path(__file__).resolve().parent / "builtin" / "mlflow_batch_score.py"
 
 
 def mlflow_model_in(folder: Path) -> Path | None:
@@ -153,7 +154,8 @@ def _stage_mlflow(model_dir: Path, stage: Path, spec: PackageSpec) -> str:
     """An MLflow model with no scoring script (Azure's no-code deployment): Turnout's own script serves it
     with mlflow.pyfunc, in the environment the model declares."""
     (stage / CODE_DIR).mkdir(parents=True)
-    shutil.copy2(_MLFLOW_SCRIPT, stage / CODE_DIR / spec.scoring_script)
+    script = _MLFLOW_BATCH_SCRIPT if spec.kind is ScoringKind.batch else _MLFLOW_SCRIPT
+    shutil.copy2(script, stage / CODE_DIR / spec.scoring_script)
     name = _copy_model(model_dir, stage)
     environment = stage / ENVIRONMENT_DIR
     environment.mkdir(exist_ok=True)

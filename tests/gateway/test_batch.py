@@ -216,6 +216,19 @@ def test_online_requests_answer_during_a_job(batch_gateway: GatewayProcess, tmp_
     assert 'turnout_batch_jobs{state="Completed"}' in metrics and "turnout_batch_files_total" in metrics
 
 
+def test_a_no_code_mlflow_batch_deployment_scores_csv_files(batch_gateway: GatewayProcess, tmp_path: Path) -> None:
+    created = batch_gateway.cli("batch-deployment", "create", "-f",
+                                str(FIXTURES / "mlflow_model" / "no-code-batch-deployment.yml"))
+    assert "served by Turnout's mlflow.pyfunc script" in created.stderr
+    data = _inputs(tmp_path / "data", {"a.csv": "a,b,c\n1,0,1\n2,2,2\n", "b.csv": "a,b,c\n0,1,0\n",
+                                       "notes.txt": "not a table"})
+    job = _wait(batch_gateway, _invoke(batch_gateway, "--input", str(data), "--deployment-name", "weighted-mlflow")["name"])
+    assert (job["files_succeeded"], job["files_failed"]) == (2, 1)
+    # Azure's no-code output: the file's name, then the prediction, one row per input row, in order
+    assert Path(job["outputs"]["score"]["file"]).read_text().splitlines() == ["a.csv 4.0", "a.csv 12.0", "b.csv 2.0"]
+    assert "file type 'txt' is not read by the no-code MLflow batch deployment" in job["error"]
+
+
 def test_a_job_resumes_after_sigkill_with_exactly_one_row_per_file(batch_gateway: GatewayProcess,
                                                                      tmp_path: Path) -> None:
     texts = {f"f{i:03d}.txt": "sleep:0.15" for i in range(60)}
