@@ -35,8 +35,8 @@ from gateway.batch_state import (
     JobRecord,
     MiniBatch,
 )
-from gateway.deployments import Deployments
-from gateway.entries import Entries
+from gateway.deployments import DeploymentEntry, Deployments
+from gateway.entries import Entries, EntryState
 from gateway.metrics import Metrics
 from gateway.nodes import TritonNode
 from packager.spec import BatchSettings
@@ -47,6 +47,7 @@ log = logging.getLogger("turnout.gateway.batch")
 # The gateway's own bound on a call, past the script's (the stub enforces that one): a hung node.
 CALL_GRACE_SECONDS = 10.0
 NOT_READY_WAIT_SECONDS = 1.0
+NOT_READY_POLL_SECONDS = 0.2
 # A call carries mini-batches worth about this long (gateway/batch_runner.py _Pace), at most MAX_CHUNK.
 CHUNK_SECONDS = 0.05
 MAX_CHUNK = 32
@@ -182,17 +183,18 @@ class BatchRunner:
                     pace: _Pace) -> list[Outcome]:
         """One Triton request carrying ``batches``: the instance calls run() once for each, one after the
         other, each bounded by the timeout; each comes back with its own rows or error."""
-        deployment = self.store.deployment(record.endpoint, record.deployment)
-        entry = self.deployments.entry_of(deployment) if deployment else None
-        if entry is None or not entry.ready or not entry.nodes:
-            await asyncio.sleep(NOT_READY_WAIT_SECONDS)  # a restarting entry: a retry, not a spin
+        timeout = settings.retry_settings.timeout
+        entry = await self._ready_entry(record, timeout)
+        if entry is None or not entry.ready:
             state = entry.state.value if entry else "gone"
-            return [Outcome(error=NotReady(f"deployment {record.deployment!r} is {state}").message)] * len(batches)
-        node = self._least_busy(entry.nodes)
+            reason = f" ({entry.reason})" if entry is not None and entry.reason else ""
+            return [Outcome(error=NotReady(f"deployment {record.deployment!r} is {state}{reason}").message)
+                    ] * len(batches)
+        node = self._least_busy(entry.serving_nodes)
         job = {"output_action": settings.output_action, "logging_level": settings.logging_level,
                "timeout": settings.retry_settings.timeout}  # this job's bound, which may not be the deployment's
         items = [(orjson.dumps({"mini_batch": b.files, "job": job}), _META) for b in batches]
-        timeout = settings.retry_settings.timeout
+        generation = self.entries.generation(entry.name)
         self.entries.acquire(entry.name)
         self._busy[node.name] = self._busy.get(node.name, 0) + 1
         started = time.perf_counter()
@@ -204,6 +206,8 @@ class BatchRunner:
             return [Outcome(error=error)] * len(batches)
         except TurnoutError as exc:
             details = exc.details or {}
+            if details.get("crashed"):  # healed as an online request's crash is; the mini-batches are retried
+                self.entries.report_crash(entry.name, "a batch job's call found its process gone", seen=generation)
             return [Outcome(log_text=str(details.get("log", "")), error=exc.message,
                             trace=str(details.get("traceback", "")))] * len(batches)
         finally:
@@ -224,6 +228,20 @@ class BatchRunner:
                 outcomes.append(Outcome(rows=str(body.get("rows", "")), count=int(body.get("count", 0)),
                                         log_text=str(body.get("log", ""))))
         return outcomes
+
+    async def _ready_entry(self, record: JobRecord, bound: float) -> DeploymentEntry | None:
+        """The deployment's entry once it serves: a restarting or loading one is waited for (up to ``bound``)
+        rather than spending the mini-batch's attempts on it."""
+        deadline = time.monotonic() + bound
+        while True:
+            deployment = self.store.deployment(record.endpoint, record.deployment)
+            entry = self.deployments.entry_of(deployment) if deployment else None
+            if entry is not None and entry.ready:
+                return entry
+            if time.monotonic() >= deadline or (entry is not None and entry.state is EntryState.failed):
+                await asyncio.sleep(NOT_READY_WAIT_SECONDS)  # then a retry, not a spin
+                return entry
+            await asyncio.sleep(NOT_READY_POLL_SECONDS)
 
     def _most_per_call(self, record: JobRecord) -> int:
         """What one Triton request to the entry may carry (its max_batch_size, when batching is on)."""

@@ -6,6 +6,7 @@ One gateway for the module; the last test kills it with SIGKILL mid-job and star
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -227,6 +228,36 @@ def test_a_no_code_mlflow_batch_deployment_scores_csv_files(batch_gateway: Gatew
     # Azure's no-code output: the file's name, then the prediction, one row per input row, in order
     assert Path(job["outputs"]["score"]["file"]).read_text().splitlines() == ["a.csv 4.0", "a.csv 12.0", "b.csv 2.0"]
     assert "file type 'txt' is not read by the no-code MLflow batch deployment" in job["error"]
+
+
+def test_a_crashed_model_process_is_restarted_and_the_job_completes(batch_gateway: GatewayProcess,
+                                                                     tmp_path: Path) -> None:
+    texts = {f"f{i:02d}.txt": "sleep:0.2" for i in range(30)}
+    data = _inputs(tmp_path / "data", texts)
+    job = _invoke(batch_gateway, "--input", str(data), "--mini-batch-size", "1")
+    stubs: list[int] = []
+    deadline = time.monotonic() + 30
+    while not stubs and time.monotonic() < deadline:
+        shown = httpx.get(f"{batch_gateway.url}/jobs/{job['name']}", headers=batch_gateway.admin).json()
+        if shown["mini_batches_done"] >= 3:
+            stubs = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _is_stub_of(p, "upper")]
+        time.sleep(0.05)
+    assert stubs, "no stub process of the batch deployment found"
+    os.kill(stubs[0], signal.SIGKILL)
+    ended = _wait(batch_gateway, job["name"])
+    assert (ended["status"], ended["files_succeeded"], ended["files_failed"]) == ("Completed", 30, 0), ended
+    rows = Path(ended["outputs"]["score"]["file"]).read_text().splitlines()
+    assert rows == [f"{name} SLEEP:0.2!" for name in sorted(texts)]
+    shown = batch_gateway.cli_json("batch-deployment", "show", "-n", "upper", "-e", "lines-batch")
+    assert shown["state"] == "ready"
+
+
+def _is_stub_of(proc: Path, deployment: str) -> bool:
+    try:
+        command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return False
+    return "triton_python_backend_stub" in command and f"lines-batch.{deployment}." in command
 
 
 def test_a_job_resumes_after_sigkill_with_exactly_one_row_per_file(batch_gateway: GatewayProcess,
