@@ -13,6 +13,7 @@ import asyncio
 import copy
 import io
 import logging
+import os
 import secrets
 import tarfile
 import uuid
@@ -354,14 +355,32 @@ class BatchControl:
                            "may ask for fewer, more needs 'gateway batch-deployment update'")
         return settings, overwrite
 
-    def _check_path(self, path: Path, what: str, admin: bool) -> None:
-        state = self.settings.state_dir.resolve()
-        if path == state or state in path.parents:
-            raise Forbidden(f"the {what} {path} is inside the gateway's state folder, which jobs may not read or write")
-        roots = [r.resolve() for r in self.settings.batch_input_roots]
-        if not admin and not any(path == r or r in path.parents for r in roots):
-            allowed = ", ".join(map(str, roots)) or "none are set (the gateway's --batch-input-roots)"
-            raise Forbidden(f"the {what} {path} is outside the folders an endpoint credential may use: {allowed}")
+    def _check_paths(self, paths: list[str], what: str, admin: bool) -> None:
+        """No job reads or writes the state folder; an endpoint credential stays under the input roots.
+        Plain string prefixes of resolved paths: a 10,000-file input is checked in milliseconds."""
+        state = str(self.settings.state_dir.resolve())
+        roots = [str(r.resolve()) for r in self.settings.batch_input_roots]
+
+        def under(path: str, root: str) -> bool:
+            return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+        for path in paths:
+            if under(path, state):
+                raise Forbidden(f"the {what} {path} is inside the gateway's state folder, which jobs may not read "
+                                "or write")
+            if not admin and not any(under(path, r) for r in roots):
+                allowed = ", ".join(roots) or "none are set (the gateway's --batch-input-roots)"
+                raise Forbidden(f"the {what} {path} is outside the folders an endpoint credential may use: {allowed}")
+
+    def _prepare(self, spec: JobSpec, admin: bool, output_dir: Path, settings_dump: dict[str, Any], endpoint: str,
+                 deployment: str, instance_count: int) -> tuple[str, list[str], str]:
+        """Off the event loop (a large input takes a while to list and stat): the files, checked, and the
+        submission's fingerprint."""
+        resolved, files = list_input(spec.input, spec.input_type)
+        self._check_paths(files, "input", admin)
+        if spec.output_path:
+            self._check_paths([str(output_dir)], "output path", admin)
+        return resolved, files, fingerprint(endpoint, deployment, files, settings_dump, str(output_dir), instance_count)
 
     async def invoke(self, endpoint: str, spec: JobSpec, admin: bool) -> tuple[dict[str, Any], bool]:
         """Submit a job; returns its view and whether it was created (an idempotent repeat returns the first)."""
@@ -378,17 +397,13 @@ class BatchControl:
             raise NotReady(f"batch deployment {deployment_name!r} is failed: "
                            f"{placement.reason if placement else deployment.reason}", retry_after=None)
         settings, overwrite = self._job_settings(deployment, spec)
-        resolved, files = await asyncio.to_thread(list_input, spec.input, spec.input_type)
-        for path in files:
-            self._check_path(Path(path), "input", admin)
         job_name = spec.job_name or f"batchjob-{uuid.uuid4()}"
         job_dir = (self.settings.jobs_dir / job_name).resolve()
         output_dir = Path(spec.output_path).expanduser().resolve() if spec.output_path else job_dir / "named-outputs" / "score"
-        if spec.output_path:
-            self._check_path(output_dir, "output path", admin)
         instance_count = spec.instance_count or deployment.instance_count
         settings_dump = settings.model_dump(mode="json")
-        marker = fingerprint(endpoint, deployment_name, files, settings_dump, str(output_dir), instance_count)
+        resolved, files, marker = await asyncio.to_thread(self._prepare, spec, admin, output_dir, settings_dump,
+                                                          endpoint, deployment_name, instance_count)
         async with self.lock:
             existing = self.store.job(job_name)
             if existing is not None:
@@ -406,12 +421,15 @@ class BatchControl:
                             output_dir=str(output_dir), job_dir=str(job_dir), fingerprint=marker)
             batches = cut(files, settings.mini_batch_size)
             job.mini_batches = len(batches)
-            with self.store.transaction() as db:
-                self.store.put_job(db, job)
-                self.store.add_mini_batches(db, job_name, batches)
+            await asyncio.to_thread(self._insert, job, batches)
         job_files(job).create()
         self.runner.start(job_name)
         return self.job_view(job), True
+
+    def _insert(self, job: JobRecord, batches: list[list[str]]) -> None:
+        with self.store.transaction() as db:
+            self.store.put_job(db, job)
+            self.store.add_mini_batches(db, job.name, batches)
 
     async def cancel_job(self, name: str) -> dict[str, Any]:
         record = self._job(name)

@@ -31,6 +31,7 @@ from gateway.batch_state import (
     RUNNING,
     SPLIT,
     SUCCEEDED,
+    BatchDeploymentRecord,
     BatchStore,
     JobRecord,
     MiniBatch,
@@ -48,6 +49,7 @@ log = logging.getLogger("turnout.gateway.batch")
 CALL_GRACE_SECONDS = 10.0
 NOT_READY_WAIT_SECONDS = 1.0
 NOT_READY_POLL_SECONDS = 0.2
+ENTRY_TTL_SECONDS = 0.5
 # A call carries mini-batches worth about this long (gateway/batch_runner.py _Pace), at most MAX_CHUNK.
 CHUNK_SECONDS = 0.05
 MAX_CHUNK = 32
@@ -77,6 +79,7 @@ class BatchRunner:
         self._lanes: dict[tuple[str, str], asyncio.Lock] = {}  # one job at a time per deployment
         self._cancel: dict[str, asyncio.Event] = {}
         self._busy: dict[str, int] = {}  # this runner's calls in flight per node
+        self._records: dict[tuple[str, str], tuple[BatchDeploymentRecord | None, float]] = {}
 
     def start(self, job: str) -> None:
         if job in self._tasks and not self._tasks[job].done():
@@ -147,7 +150,8 @@ class BatchRunner:
         aborted = ""
         failed = self.store.counts(record.name).files_failed  # then counted here: no query per mini-batch
         pace = _Pace()
-        while queue or in_flight:
+
+        def launch() -> None:
             while queue and len(in_flight) < width and not cancel.is_set() and not aborted:
                 chunk = []
                 for _ in range(pace.chunk(len(queue), width, self._most_per_call(record))):
@@ -157,12 +161,17 @@ class BatchRunner:
                     chunk.append((batch, attempt))
                 task = asyncio.create_task(self._call(record, [b for b, _ in chunk], settings, pace))
                 in_flight[task] = chunk
+
+        while queue or in_flight:
+            launch()
             if not in_flight:
                 break
             done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                chunk = in_flight.pop(task)
-                retry, lost = self._settle(record, files, settings, chunk, task.result())
+            finished = [(in_flight.pop(task), task.result()) for task in done]
+            launch()
+            await asyncio.sleep(0)  # the freed instances get their next calls before these rows are written
+            for chunk, outcomes in finished:
+                retry, lost = self._settle(record, files, settings, chunk, outcomes)
                 failed += lost
                 for again in reversed(retry):  # retried at once: output order never waits on them long
                     queue.appendleft(again)
@@ -229,13 +238,21 @@ class BatchRunner:
                                         log_text=str(body.get("log", ""))))
         return outcomes
 
+    def _entry(self, record: JobRecord) -> DeploymentEntry | None:
+        """The deployment's current entry; its record is read at most every ``ENTRY_TTL_SECONDS`` (an update
+        is seen that late; the old generation drains its calls before it is unloaded)."""
+        key = (record.endpoint, record.deployment)
+        cached = self._records.get(key)
+        if cached is None or time.monotonic() - cached[1] > ENTRY_TTL_SECONDS:
+            cached = self._records[key] = (self.store.deployment(*key), time.monotonic())
+        return self.deployments.entry_of(cached[0]) if cached[0] else None
+
     async def _ready_entry(self, record: JobRecord, bound: float) -> DeploymentEntry | None:
         """The deployment's entry once it serves: a restarting or loading one is waited for (up to ``bound``)
         rather than spending the mini-batch's attempts on it."""
         deadline = time.monotonic() + bound
         while True:
-            deployment = self.store.deployment(record.endpoint, record.deployment)
-            entry = self.deployments.entry_of(deployment) if deployment else None
+            entry = self._entry(record)
             if entry is not None and entry.ready:
                 return entry
             if time.monotonic() >= deadline or (entry is not None and entry.state is EntryState.failed):
@@ -245,8 +262,7 @@ class BatchRunner:
 
     def _most_per_call(self, record: JobRecord) -> int:
         """What one Triton request to the entry may carry (its max_batch_size, when batching is on)."""
-        deployment = self.store.deployment(record.endpoint, record.deployment)
-        entry = self.deployments.entry_of(deployment) if deployment else None
+        entry = self._entry(record)
         return entry.coalescing.max_batch if entry is not None else 1
 
     def _least_busy(self, nodes: tuple[TritonNode, ...]) -> TritonNode:
