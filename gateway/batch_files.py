@@ -30,6 +30,9 @@ def list_input(path: str, input_type: str | None) -> tuple[str, list[str]]:
     a data folder's ``.gitkeep`` is not data), one file, or a glob. Returns the resolved input and its files."""
     if input_type is not None and input_type not in INPUT_TYPES:
         raise BadInput(f"--input-type {input_type!r}: use uri_folder or uri_file")
+    if "://" in path:
+        raise BadInput(f"the input {path!r} is a URL: Turnout reads inputs from the gateway's file system (a folder, "
+                       "a file or a glob); copy the data there and give its path")
     if any(c in _GLOB for c in path):
         files = sorted(str(Path(p).resolve()) for p in glob.glob(os.path.expanduser(path), recursive=True)
                        if Path(p).is_file())

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from packager.spec import check_azure_name
 
@@ -175,9 +175,31 @@ class BatchDeploymentSpec(BaseModel):
 
 
 class JobSpec(BaseModel):
-    """``POST /batch-endpoints/{e}/jobs``: what ``az ml batch-endpoint invoke`` takes."""
+    """``POST /batch-endpoints/{e}/jobs``: what ``az ml batch-endpoint invoke`` takes. Azure's own REST body
+    (``{"properties": {"InputData": {"NAME": {"JobInputType": "UriFolder", "Uri": PATH}}}}``, or the newer
+    ``inputs`` / ``jobInputType`` / ``uri`` spelling) is read as the same."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _azure_rest(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or "properties" not in data:
+            return data
+        properties = data.get("properties")
+        inputs = {k.lower(): v for k, v in (properties or {}).items()} if isinstance(properties, dict) else {}
+        given = inputs.get("inputdata") or inputs.get("inputs")
+        if not isinstance(given, dict) or len(given) != 1:
+            raise ValueError('Azure\'s REST body needs one input: {"properties": {"InputData": {"NAME": '
+                             '{"JobInputType": "UriFolder", "Uri": "/path/on/the/gateway"}}}}')
+        ((_, found),) = given.items()
+        fields = {k.lower(): v for k, v in found.items()} if isinstance(found, dict) else {}
+        kind = str(fields.get("jobinputtype", "")).lower()
+        types = {"urifolder": "uri_folder", "urifile": "uri_file", "": None}
+        if kind not in types or "uri" not in fields:
+            raise ValueError(f"Azure's REST input needs a Uri and a JobInputType of UriFolder or UriFile, got {found!r}")
+        return {k: v for k, v in data.items() if k != "properties"} | {"input": fields["uri"],
+                                                                          "input_type": types[kind]}
 
     input: str = Field(description="A folder (read recursively), a file, or a glob, on the gateway's machine.")
     input_type: str | None = Field(default=None, description="uri_folder or uri_file (default: what the path is).")

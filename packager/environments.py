@@ -81,6 +81,9 @@ CONDA_ONLY = {
 }
 # Azure's inference HTTP server (and what only it needs): Turnout's gateway and backend take its place.
 REPLACED = {"azureml-defaults", "azureml-inference-server-http"}
+# Azure's batch runtime (its data mounts, which Azure's docs tell every batch environment to install): Turnout's
+# job runner reads the inputs itself.
+BATCH_RUNTIME = {"azureml-dataset-runtime"}
 _PIP_FILES = ("requirements.txt",)
 _CONDA_SUFFIXES = (".yml", ".yaml")
 
@@ -139,7 +142,11 @@ class EnvironmentSpec:
         if replaced:
             notes.append(f"{', '.join(replaced)} (Azure's inference HTTP server) is not installed: Turnout serves "
                          "the script in its place")
-        normalised = sorted({str(r) for r in parsed if canonicalize_name(r.name) not in REPLACED})
+        runtime_only = sorted({r.name for r in parsed if canonicalize_name(r.name) in BATCH_RUNTIME})
+        if runtime_only:
+            notes.append(f"{', '.join(runtime_only)} (Azure's batch runtime) is not installed: Turnout's job runner "
+                         "reads the inputs itself")
+        normalised = sorted({str(r) for r in parsed if canonicalize_name(r.name) not in REPLACED | BATCH_RUNTIME})
         if not normalised and lock is None:  # nothing to install: the serving environment, as before
             return None
         return cls(tuple(normalised), python, tuple(p.name for p in files), tuple(notes), lock, image)
@@ -558,7 +565,28 @@ def read_lock(text: str) -> tuple[dict[str, str], dict[str, set[str]]]:
     return pinned, parents
 
 
+def _heavy_clashes(spec: EnvironmentSpec) -> list[str]:
+    """The spec's pins of torch/TensorFlow/JAX that exclude the serving environment's version (which every
+    environment is constrained to)."""
+    serving = serving_packages()
+    clashes = []
+    for line in spec.requirements:
+        requirement = Requirement(line)
+        name = canonicalize_name(requirement.name)
+        if name in HEAVY and name in serving and not requirement.specifier.contains(serving[name], prereleases=True):
+            clashes.append(f"{line} (this node serves {name} {serving[name]})")
+    return clashes
+
+
 def _failure(spec: EnvironmentSpec, kind: str, first: str, log: _Log) -> DeploymentFailed:
+    clashes = _heavy_clashes(spec) if kind == "resolution conflict" else []
+    if clashes:
+        return DeploymentFailed(
+            f"its environment could not be built (heavy package): {'; '.join(clashes)}: torch, TensorFlow and JAX "
+            "come from the serving environment, never from a deployment's own (each would be gigabytes): leave "
+            "their versions open or pin the served one", details={"kind": "heavy package",
+                                                                  "requirements": list(spec.requirements),
+                                                                  "log_tail": log.tail()})
     message = f"its environment could not be built ({kind}): {first}"
     here = _stub_python()
     if kind == "source build failed":

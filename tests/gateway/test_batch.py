@@ -149,6 +149,15 @@ def test_submit_is_idempotent_by_job_name(batch_gateway: GatewayProcess, tmp_pat
     assert created.json()["name"] == repeated.json()["name"] == "rest-job"
     assert _wait(batch_gateway, "rest-job")["status"] == "Completed"
 
+    # Azure's own REST body, as its docs write it
+    azure_body = {"properties": {"InputData": {"mnistinput": {"JobInputType": "UriFolder", "Uri": str(data)}}}}
+    azure_job = httpx.post(url, json=azure_body, headers=batch_gateway.admin, timeout=30)
+    assert azure_job.status_code == 201 and azure_job.json()["input_type"] == "uri_folder"
+    url_input = {"properties": {"InputData": {"x": {"JobInputType": "UriFolder", "Uri": "https://example.invalid/d"}}}}
+    refused_url = httpx.post(url, json=url_input, headers=batch_gateway.admin, timeout=30)
+    assert refused_url.status_code == 400 and "reads inputs from the gateway's file system" in refused_url.text
+    assert _wait(batch_gateway, azure_job.json()["name"])["status"] == "Completed"
+
 
 def test_cancel_lets_in_flight_mini_batches_finish(batch_gateway: GatewayProcess, tmp_path: Path) -> None:
     data = _inputs(tmp_path / "data", {f"f{i:02d}.txt": "sleep:0.5" for i in range(20)})

@@ -66,6 +66,12 @@ def test_an_azure_conda_file_maps_conda_names_and_versions_to_pypi(tmp_path: Pat
     assert any(note.startswith("azureml-defaults (Azure's inference HTTP server) is not installed") for note in spec.notes)
 
 
+def test_azures_batch_runtime_is_not_installed(tmp_path: Path) -> None:
+    spec = EnvironmentSpec.of(env_folder(tmp_path, **{"requirements.txt": "pandas\nazureml-dataset-runtime[fuse]\n"}))
+    assert spec is not None and spec.requirements == ("pandas",)
+    assert any(note.startswith("azureml-dataset-runtime (Azure's batch runtime) is not installed") for note in spec.notes)
+
+
 @pytest.mark.parametrize("package", ["cudatoolkit=11.3", "mkl", "libgcc-ng", "cuda-nvcc"])
 def test_a_conda_only_package_is_refused_by_name(tmp_path: Path, package: str) -> None:
     folder = env_folder(tmp_path, conda_yaml=f"dependencies:\n  - python=3.11\n  - {package}\n")
@@ -229,3 +235,16 @@ def test_a_deployment_naming_a_registered_environment_gets_its_files(tmp_path: P
     assert spec is not None and spec.requirements == ("tabulate==0.9.0",)
     assert spec.image == "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu20.04"
     assert any("is recorded, not used" in note for note in spec.notes)
+
+
+def test_a_torch_pin_the_node_does_not_serve_says_what_to_change(tmp_path: Path) -> None:
+    from packager import environments
+
+    served = environments.serving_packages()["torch"]
+    spec = EnvironmentSpec.of(env_folder(tmp_path, **{"requirements.txt": "torch==1.13.0\npandas\n"}))
+    assert spec is not None
+    failure = environments._failure(spec, "resolution conflict", "No solution found", environments._Log(
+        tmp_path / "build.log", lambda _: None))
+    assert failure.details["kind"] == "heavy package"
+    assert f"torch==1.13.0 (this node serves torch {served})" in failure.message
+    assert "leave their versions open or pin the served one" in failure.message
