@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 
 from benchmarks.loadgen import _percentile
+from benchmarks.run import wait_http
 from turnout.triton.embedded import free_ports
 
 BIN = Path(sys.executable).parent
@@ -133,13 +134,7 @@ def main() -> None:
              "--port", str(port), "--grpc-port", str(grpc_port), "--log-level", "error"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            deadline = time.monotonic() + 90
-            while time.monotonic() < deadline:
-                try:
-                    if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.2)
+            wait_http(f"{url}/readyz", gateway)
             headers = {"Authorization": f"Bearer {(state / 'admin.key').read_text().strip()}"}
             _cli(url, state, "batch-endpoint", "create", "-f", str(root / "endpoint.yml"))
             _cli(url, state, "batch-deployment", "create", "-f", str(root / "deployment.yml"), "--set-default")

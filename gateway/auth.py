@@ -15,7 +15,9 @@ import os
 import secrets
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 from cryptography.fernet import Fernet, InvalidToken
@@ -84,6 +86,18 @@ class Credentials:
     # --- tokens ---
     def issue_token(self, endpoint: str, ttl_seconds: int, identity: tuple[str, int] = ("", 0)) -> Token:
         return Token(endpoint, int(time.time()) + ttl_seconds, identity)
+
+    def endpoint_credentials(self, endpoint: str, auth_mode: str, sealed_keys: list[str], ttl_seconds: int,
+                             identity: tuple[str, int]) -> dict[str, Any]:
+        """What ``get-credentials`` answers, as Azure does: a fresh token (aml_token), else the two keys."""
+        if auth_mode == "aml_token":
+            token = self.issue_token(endpoint, ttl_seconds, identity)
+            expiry = datetime.fromtimestamp(token.expires_at, UTC)
+            refresh = datetime.fromtimestamp(token.expires_at - ttl_seconds / 2, UTC)
+            return {"accessToken": self.encode_token(token), "tokenType": "Bearer",
+                    "expiryTimeUtc": expiry.isoformat(), "refreshAfterTimeUtc": refresh.isoformat()}
+        keys = [self.unseal(k) for k in sealed_keys]
+        return {"primaryKey": keys[0], "secondaryKey": keys[1]}
 
     def encode_token(self, token: Token) -> str:
         fields = {"e": token.endpoint, "x": token.expires_at, "u": token.identity[0], "g": token.identity[1]}

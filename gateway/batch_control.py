@@ -219,13 +219,9 @@ class BatchControl:
 
     def get_credentials(self, name: str) -> dict[str, Any]:
         record = self._endpoint(name)
-        if record.auth_mode == "aml_token":
-            token = self.credentials.issue_token(name, self.settings.token_ttl_seconds,
-                                                 (record.uid, record.key_generation))
-            return {"accessToken": self.credentials.encode_token(token), "tokenType": "Bearer",
-                    "expiryTimeUtc": datetime.fromtimestamp(token.expires_at, UTC).isoformat()}
-        keys = [self.credentials.unseal(k) for k in record.sealed_keys]
-        return {"primaryKey": keys[0], "secondaryKey": keys[1]}
+        return self.credentials.endpoint_credentials(name, record.auth_mode, record.sealed_keys,
+                                                     self.settings.token_ttl_seconds,
+                                                     (record.uid, record.key_generation))
 
     def check_access(self, name: str, presented: str | None) -> BatchEndpointRecord:
         """The endpoint, if the credential opens it. An unknown one answers as a bad credential would (401),

@@ -58,10 +58,6 @@ def _emit(value: Any, output: str, query: str | None) -> None:
         show(value, output)
 
 
-def _client(url: str, key: str | None, state: Path) -> AdminClient:
-    return admin_client(url, key, state)
-
-
 # --- batch endpoints ---------------------------------------------------------------------------------
 
 
@@ -88,7 +84,7 @@ def endpoint_create(
     if str(data.get("auth_mode", "aad_token")).replace("_", "").lower() == "aadtoken":
         typer.secho("note: auth_mode aad_token is served as Turnout's own token (aml_token): "
                     "'gateway batch-endpoint get-credentials' gives one", err=True)
-    _emit(_client(gateway_url, admin_key, state).post("/admin/batch-endpoints", spec.model_dump()), output, query)
+    _emit(admin_client(gateway_url, admin_key, state).post("/admin/batch-endpoints", spec.model_dump()), output, query)
 
 
 @endpoint_app.command("update")
@@ -103,7 +99,7 @@ def endpoint_update(
         fail(format_validation(exc, Path("--set")), 2)
     if not update.model_dump(exclude_none=True):
         fail("nothing to update: give --set defaults.deployment_name=NAME (or description=..., tags.KEY=...)", 2)
-    show(_client(gateway_url, admin_key, state).patch(f"/admin/batch-endpoints/{name}",
+    show(admin_client(gateway_url, admin_key, state).patch(f"/admin/batch-endpoints/{name}",
                                                       update.model_dump(exclude_none=True)))
 
 
@@ -111,14 +107,14 @@ def endpoint_update(
 def endpoint_show(name: Name, gateway_url: GatewayUrl = DEFAULT_URL, admin_key: AdminKey = None,
                   state: StateDir = DEFAULT_STATE, output: Output = "json", query: Query = None) -> None:
     """Show a batch endpoint: its default deployment, deployments and invoke URL."""
-    _emit(_client(gateway_url, admin_key, state).get(f"/admin/batch-endpoints/{name}"), output, query)
+    _emit(admin_client(gateway_url, admin_key, state).get(f"/admin/batch-endpoints/{name}"), output, query)
 
 
 @endpoint_app.command("list")
 def endpoint_list(gateway_url: GatewayUrl = DEFAULT_URL, admin_key: AdminKey = None, state: StateDir = DEFAULT_STATE,
                   output: Output = "json", query: Query = None) -> None:
     """List the batch endpoints."""
-    _emit(_client(gateway_url, admin_key, state).get("/admin/batch-endpoints"), output, query)
+    _emit(admin_client(gateway_url, admin_key, state).get("/admin/batch-endpoints"), output, query)
 
 
 @endpoint_app.command("delete")
@@ -126,7 +122,7 @@ def endpoint_delete(name: Name, yes: Annotated[bool, typer.Option("--yes", "-y",
                     gateway_url: GatewayUrl = DEFAULT_URL, admin_key: AdminKey = None,
                     state: StateDir = DEFAULT_STATE) -> None:
     """Delete a batch endpoint and its deployments (its jobs' records and outputs stay)."""
-    _client(gateway_url, admin_key, state).delete(f"/admin/batch-endpoints/{name}")
+    admin_client(gateway_url, admin_key, state).delete(f"/admin/batch-endpoints/{name}")
     typer.echo(f"deleted batch endpoint {name}")
 
 
@@ -134,14 +130,14 @@ def endpoint_delete(name: Name, yes: Annotated[bool, typer.Option("--yes", "-y",
 def endpoint_credentials(name: Name, gateway_url: GatewayUrl = DEFAULT_URL, admin_key: AdminKey = None,
                          state: StateDir = DEFAULT_STATE) -> None:
     """Keys (auth_mode key) or a fresh token (aad_token / aml_token) for REST invokes."""
-    show(_client(gateway_url, admin_key, state).post(f"/admin/batch-endpoints/{name}/credentials", {}))
+    show(admin_client(gateway_url, admin_key, state).post(f"/admin/batch-endpoints/{name}/credentials", {}))
 
 
 @endpoint_app.command("list-jobs")
 def endpoint_jobs(name: Name, gateway_url: GatewayUrl = DEFAULT_URL, admin_key: AdminKey = None,
                   state: StateDir = DEFAULT_STATE, output: Output = "json", query: Query = None) -> None:
     """The endpoint's jobs, oldest first."""
-    _emit(_client(gateway_url, admin_key, state).get(f"/admin/jobs?endpoint={name}"), output, query)
+    _emit(admin_client(gateway_url, admin_key, state).get(f"/admin/jobs?endpoint={name}"), output, query)
 
 
 @endpoint_app.command("invoke")
@@ -169,7 +165,7 @@ def endpoint_invoke(
     body = {"input": _absolute(input_), "input_type": input_type, "deployment_name": deployment_name,
             "job_name": job_name, "output_path": _absolute(output_path) if output_path else None,
             "mini_batch_size": mini_batch_size, "instance_count": instance_count, "set": sets}
-    client = _client(gateway_url, admin_key, state)
+    client = admin_client(gateway_url, admin_key, state)
     job = client.post(f"/batch-endpoints/{name}/jobs", {k: v for k, v in body.items() if v is not None})
     if stream:
         typer.echo(f"job {job['name']}: {job['files_total']} files in {job['mini_batches_total']} mini-batches",
@@ -201,7 +197,7 @@ def deployment_create(
     gateway_url: GatewayUrl = DEFAULT_URL, admin_key: AdminKey = None, state: StateDir = DEFAULT_STATE,
 ) -> None:
     """Create (or update) a batch deployment from Azure's batch deployment YAML."""
-    _put_deployment(file, endpoint_name, name, set_default, set_, _client(gateway_url, admin_key, state))
+    _put_deployment(file, endpoint_name, name, set_default, set_, admin_client(gateway_url, admin_key, state))
 
 
 @deployment_app.command("update")
@@ -213,7 +209,7 @@ def deployment_update(
     gateway_url: GatewayUrl = DEFAULT_URL, admin_key: AdminKey = None, state: StateDir = DEFAULT_STATE,
 ) -> None:
     """Roll a batch deployment to new code, model or settings (jobs running go on with the new one)."""
-    _put_deployment(file, endpoint_name, name, False, set_, _client(gateway_url, admin_key, state))
+    _put_deployment(file, endpoint_name, name, False, set_, admin_client(gateway_url, admin_key, state))
 
 
 def _put_deployment(file: Path, endpoint_name: str | None, name: str | None, set_default: bool,
@@ -252,7 +248,7 @@ def deployment_show(name: Annotated[str, typer.Option("--name", "-n")], endpoint
                     gateway_url: GatewayUrl = DEFAULT_URL, admin_key: AdminKey = None,
                     state: StateDir = DEFAULT_STATE, output: Output = "json", query: Query = None) -> None:
     """Show a batch deployment: model, settings, nodes, state."""
-    _emit(_client(gateway_url, admin_key, state).get(f"/admin/batch-endpoints/{endpoint_name}/deployments/{name}"),
+    _emit(admin_client(gateway_url, admin_key, state).get(f"/admin/batch-endpoints/{endpoint_name}/deployments/{name}"),
           output, query)
 
 
@@ -260,7 +256,7 @@ def deployment_show(name: Annotated[str, typer.Option("--name", "-n")], endpoint
 def deployment_list(endpoint_name: EndpointName, gateway_url: GatewayUrl = DEFAULT_URL, admin_key: AdminKey = None,
                     state: StateDir = DEFAULT_STATE, output: Output = "json", query: Query = None) -> None:
     """List a batch endpoint's deployments."""
-    _emit(_client(gateway_url, admin_key, state).get(f"/admin/batch-endpoints/{endpoint_name}/deployments"),
+    _emit(admin_client(gateway_url, admin_key, state).get(f"/admin/batch-endpoints/{endpoint_name}/deployments"),
           output, query)
 
 
@@ -270,7 +266,7 @@ def deployment_delete(name: Annotated[str, typer.Option("--name", "-n")], endpoi
                       gateway_url: GatewayUrl = DEFAULT_URL, admin_key: AdminKey = None,
                       state: StateDir = DEFAULT_STATE) -> None:
     """Delete a batch deployment with no job running."""
-    _client(gateway_url, admin_key, state).delete(f"/admin/batch-endpoints/{endpoint_name}/deployments/{name}")
+    admin_client(gateway_url, admin_key, state).delete(f"/admin/batch-endpoints/{endpoint_name}/deployments/{name}")
     typer.echo(f"deleted batch deployment {endpoint_name}/{name}")
 
 
@@ -279,7 +275,7 @@ def deployment_jobs(name: Annotated[str, typer.Option("--name", "-n")], endpoint
                     gateway_url: GatewayUrl = DEFAULT_URL, admin_key: AdminKey = None,
                     state: StateDir = DEFAULT_STATE, output: Output = "json", query: Query = None) -> None:
     """The deployment's jobs, oldest first."""
-    _emit(_client(gateway_url, admin_key, state).get(f"/admin/jobs?endpoint={endpoint_name}&deployment={name}"),
+    _emit(admin_client(gateway_url, admin_key, state).get(f"/admin/jobs?endpoint={endpoint_name}&deployment={name}"),
           output, query)
 
 
@@ -289,7 +285,7 @@ def deployment_logs(name: Annotated[str, typer.Option("--name", "-n")], endpoint
                     gateway_url: GatewayUrl = DEFAULT_URL, admin_key: AdminKey = None,
                     state: StateDir = DEFAULT_STATE) -> None:
     """The deployment's node log (its script's init and Turnout's backend lines)."""
-    typer.echo(_client(gateway_url, admin_key, state).text(
+    typer.echo(admin_client(gateway_url, admin_key, state).text(
         f"/admin/batch-endpoints/{endpoint_name}/deployments/{name}/logs", {"lines": str(lines)}))
 
 
@@ -300,7 +296,7 @@ def deployment_logs(name: Annotated[str, typer.Option("--name", "-n")], endpoint
 def job_show(name: JobName, gateway_url: GatewayUrl = DEFAULT_URL, admin_key: AdminKey = None,
              state: StateDir = DEFAULT_STATE, output: Output = "json", query: Query = None) -> None:
     """A job's status, counts, rate, ETA, first error and outputs."""
-    _emit(_client(gateway_url, admin_key, state).get(f"/jobs/{name}"), output, query)
+    _emit(admin_client(gateway_url, admin_key, state).get(f"/jobs/{name}"), output, query)
 
 
 @job_app.command("list")
@@ -309,14 +305,14 @@ def job_list(endpoint_name: Annotated[str | None, typer.Option("--endpoint-name"
              output: Output = "json", query: Query = None) -> None:
     """Every job (or one endpoint's), oldest first."""
     path = "/admin/jobs" + (f"?endpoint={endpoint_name}" if endpoint_name else "")
-    _emit(_client(gateway_url, admin_key, state).get(path), output, query)
+    _emit(admin_client(gateway_url, admin_key, state).get(path), output, query)
 
 
 @job_app.command("stream")
 def job_stream(name: JobName, gateway_url: GatewayUrl = DEFAULT_URL, admin_key: AdminKey = None,
                state: StateDir = DEFAULT_STATE) -> None:
     """Follow a job with a progress bar to its end; exits 1 unless it Completed."""
-    job = _follow(_client(gateway_url, admin_key, state), name)
+    job = _follow(admin_client(gateway_url, admin_key, state), name)
     if job["status"] != "Completed":
         raise typer.Exit(1)
 
@@ -325,14 +321,14 @@ def job_stream(name: JobName, gateway_url: GatewayUrl = DEFAULT_URL, admin_key: 
 def job_cancel(name: JobName, gateway_url: GatewayUrl = DEFAULT_URL, admin_key: AdminKey = None,
                state: StateDir = DEFAULT_STATE) -> None:
     """Start no new mini-batch; those in flight finish, then the job is Canceled."""
-    show(_client(gateway_url, admin_key, state).post(f"/admin/jobs/{name}/cancel", {}))
+    show(admin_client(gateway_url, admin_key, state).post(f"/admin/jobs/{name}/cancel", {}))
 
 
 @job_app.command("logs")
 def job_logs(name: JobName, gateway_url: GatewayUrl = DEFAULT_URL, admin_key: AdminKey = None,
              state: StateDir = DEFAULT_STATE) -> None:
     """The job's log, every failed file with its error and traceback, and the script's output per mini-batch."""
-    typer.echo(_client(gateway_url, admin_key, state).text(f"/admin/jobs/{name}/logs"))
+    typer.echo(admin_client(gateway_url, admin_key, state).text(f"/admin/jobs/{name}/logs"))
 
 
 @job_app.command("download")
@@ -344,7 +340,7 @@ def job_download(
     gateway_url: GatewayUrl = DEFAULT_URL, admin_key: AdminKey = None, state: StateDir = DEFAULT_STATE,
 ) -> None:
     """Fetch the job's outputs (named-outputs/score/) and logs (logs/), as az ml job download lays them out."""
-    client = _client(gateway_url, admin_key, state)
+    client = admin_client(gateway_url, admin_key, state)
     archive = client.raw(f"/admin/jobs/{name}/download")
     download_path.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:

@@ -269,19 +269,14 @@ class ControlPlane:
     # --- keys and tokens ---
     def get_credentials(self, name: str) -> dict[str, Any]:
         record = self._endpoint(name)
-        if record.auth_mode == "aml_token":
-            return self.token(name)
-        keys = [self.credentials.unseal(k) for k in record.sealed_keys]
-        return {"primaryKey": keys[0], "secondaryKey": keys[1]}
+        return self.credentials.endpoint_credentials(name, record.auth_mode, record.sealed_keys,
+                                                     self.settings.token_ttl_seconds,
+                                                     (record.uid, record.key_generation))
 
     def token(self, name: str) -> dict[str, Any]:
         record = self._endpoint(name)
-        credentials = self.credentials
-        token = credentials.issue_token(name, self.settings.token_ttl_seconds, (record.uid, record.key_generation))
-        expiry = datetime.fromtimestamp(token.expires_at, UTC)
-        refresh = datetime.fromtimestamp(token.expires_at - self.settings.token_ttl_seconds / 2, UTC)
-        return {"accessToken": credentials.encode_token(token), "tokenType": "Bearer",
-                "expiryTimeUtc": expiry.isoformat(), "refreshAfterTimeUtc": refresh.isoformat()}
+        return self.credentials.endpoint_credentials(name, "aml_token", [], self.settings.token_ttl_seconds,
+                                                     (record.uid, record.key_generation))
 
     async def regenerate_key(self, name: str, key_type: str) -> dict[str, Any]:
         async with self._change():
