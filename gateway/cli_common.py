@@ -62,9 +62,21 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+def _key_file(state: Path) -> Path:
+    """``state``'s admin key; the default (relative) state folder is also looked for in the folders above, as
+    git finds its ``.git``: a verb run from ``examples/batch-images`` finds the gateway started at the root."""
+    key_file = state / "admin.key"
+    if key_file.exists() or state.is_absolute() or state != DEFAULT_STATE:
+        return key_file
+    for folder in Path.cwd().parents:
+        if (folder / state / "admin.key").exists():
+            return folder / state / "admin.key"
+    return key_file
+
+
 def admin_client(url: str, admin_key: str | None, state: Path) -> AdminClient:
     if admin_key is None:
-        key_file = state / "admin.key"
+        key_file = _key_file(state)
         if not key_file.exists():
             fail(f"no admin key: pass --admin-key, set TURNOUT_ADMIN_KEY, or point --state at the gateway's "
                   f"state folder (looked for {key_file})", 2)
